@@ -1,0 +1,221 @@
+"""Recipe schema: YAML → validated, typed config. Every error names the key path and what is allowed."""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuneforge.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(_Section):
+    type: str = "classification"  # a name in tuneforge.tasks.TASKS
+    loss: Optional[str] = None  # a name in tuneforge.losses.LOSSES; None = the task's default
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class ModelConfig(_Section):
+    name: str  # alias (minilm-l6, efficientnet-lite0), HF folder / hub id, timm or torchvision name
+    source: Literal["auto", "hf", "timm", "torchvision"] = "auto"
+    weights: Optional[str] = None  # local weights file for timm / torchvision
+    pretrained: bool = True  # False: random init (tests, from-scratch baselines)
+    trust_remote_code: bool = False
+
+
+class AugmentConfig(_Section):
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip: bool = True
+
+
+class DataConfig(_Section):
+    dir: Optional[str] = None  # folder holding train/val files (or an ImageFolder tree)
+    source: Optional[str] = None  # built-in source, e.g. sklearn-digits
+    train: Optional[str] = None  # file or folder; relative paths are taken from data.dir
+    val: Optional[str] = None
+    text_column: Optional[str] = None  # None: guess (sentence, text, ...)
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    image_column: str = "path"
+    val_split: float = Field(0.1, gt=0.0, lt=1.0)  # used when no val set is given (stratified, seeded)
+    max_train_samples: Optional[int] = Field(None, gt=0)
+    max_val_samples: Optional[int] = Field(None, gt=0)
+    max_length: int = Field(128, gt=1)
+    group_by_length: bool = True  # text: shuffled mega-batches sorted by length (less padding)
+    image_size: Optional[int] = Field(None, gt=7)  # None: the model's own input size
+    augment: AugmentConfig = AugmentConfig()
+    num_workers: int = Field(0, ge=0)
+    cache_images_mb: int = Field(4096, ge=0)  # decoded-image cache bound; 0 = decode every time
+    on_bad_sample: Literal["error", "skip"] = "error"
+
+
+class TrainConfig(_Section):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(5e-5, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    warmup_steps: Optional[int] = Field(None, ge=0)  # overrides warmup_ratio
+    epochs: float = Field(3, gt=0)
+    max_steps: Optional[int] = Field(None, gt=0)  # optimizer steps; wins over epochs
+    batch_size: int = Field(32, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    grad_clip: Optional[float] = Field(1.0, gt=0.0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    seed: int = 0
+    threads: Optional[int] = Field(None, gt=0)  # torch intra-op threads; None = all cores
+
+
+class EvalConfig(_Section):
+    every_steps: Optional[int] = Field(None, gt=0)  # None: once per epoch
+    metric: str = "accuracy"  # picks the kept model
+    mode: Literal["auto", "max", "min"] = "auto"
+    batch_size: Optional[int] = Field(None, gt=0)  # None: 2 × train.batch_size
+
+
+class EarlyStoppingConfig(_Section):
+    enabled: bool = False
+    patience: int = Field(3, gt=0)  # evaluations without improvement
+    min_delta: float = Field(0.0, ge=0.0)
+    target: Optional[float] = None  # stop as soon as eval.metric reaches this
+
+
+class OutputConfig(_Section):
+    dir: Optional[str] = None  # None: runs/<name>-<timestamp>
+    name: Optional[str] = None
+    keep_checkpoints: int = Field(1, ge=0)  # most recent periodic checkpoints kept (the best is always kept)
+    progress: bool = True
+
+
+class Config(_Section):
+    task: TaskConfig = TaskConfig()
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    output: OutputConfig = OutputConfig()
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_shorthand(cls, v: Any) -> Any:
+        return {"type": v} if isinstance(v, str) else v
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _need_data(self) -> "Config":
+        d = self.data
+        if not (d.dir or d.source or d.train):
+            raise ValueError("data: give data.dir, data.train or data.source (e.g. sklearn-digits)")
+        return self
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
+    for part in path:
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _format_error(err: dict) -> str:
+    loc = [str(p) for p in err["loc"]]
+    path = ".".join(loc) or "recipe"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(Config, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f" (did you mean '{'.'.join(loc[:-1] + close)}'?)" if close else ""
+        return f"unknown key '{path}'{hint}; allowed: {', '.join(allowed)}"
+    if err["type"] == "missing":
+        return f"missing key '{path}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error" and not loc:
+        return msg
+    given = err.get("input")
+    shown = f" (got {given!r})" if not isinstance(given, (dict, list)) else ""
+    return f"'{path}': {msg}{shown}"
+
+
+def validate(raw: dict, source: str = "recipe") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a recipe must be a YAML mapping with sections task, model, data, train, ...")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        lines = [_format_error(err) for err in e.errors()]
+        extra = f" (+{len(lines) - 1} more: {'; '.join(lines[1:])})" if len(lines) > 1 else ""
+        raise ConfigError(f"{source}: {lines[0]}{extra}") from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'train.lr=3e-5' → (['train', 'lr'], 3e-05). Values are YAML-typed; pydantic then checks them."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-5")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: dict[str, Any] | list[str]) -> dict:
+    items = [parse_override(o) for o in overrides] if isinstance(overrides, list) else [
+        (k.replace("__", ".").split("."), v) for k, v in overrides.items()]
+    for path, value in items:
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if isinstance(child, str) and part in ("task", "model"):
+                child = {"type" if part == "task" else "name": child}
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = child
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_recipe(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe '{p}' not found; pass a YAML file such as recipes/quickstart.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"recipe '{p}' is not valid YAML: {first}") from None
+    return raw or {}
+
+
+def load_config(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | None = None) -> Config:
+    source = "recipe" if isinstance(recipe, dict) else str(recipe)
+    raw = copy.deepcopy(recipe) if isinstance(recipe, dict) else read_recipe(recipe)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    cfg = validate(raw, source)
+    if cfg.output.name is None and not isinstance(recipe, dict):
+        cfg.output.name = Path(recipe).stem
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,46 @@
+"""The raw, validated examples of one split, before tokenization or decoding."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+
+@dataclass
+class Examples:
+    inputs: list[Any]  # text, (text, text) pair, image path / pixels, token list, ...
+    labels: Optional[list[Any]]  # raw label values as read; None at predict time
+    where: list[str]  # "file line N" for each example, for error messages
+    skipped: list[str] = field(default_factory=list)  # messages for rows dropped by data.on_bad_sample: skip
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def subset(self, idx) -> "Examples":
+        idx = list(idx)
+        return Examples([self.inputs[i] for i in idx], None if self.labels is None else [self.labels[i] for i in idx],
+                        [self.where[i] for i in idx], list(self.skipped))
+
+
+def sample(ex: Examples, n: Optional[int], seed: int) -> Examples:
+    """A seeded random subset of n examples (kept in file order); all of them when n is None or larger."""
+    if n is None or n >= len(ex):
+        return ex
+    idx = np.sort(np.random.default_rng(seed).permutation(len(ex))[:n])
+    return ex.subset(idx)
+
+
+def split(ex: Examples, fraction: float, seed: int, stratify: Optional[list] = None) -> tuple[Examples, Examples]:
+    """Seeded split; stratified by `stratify` when every class has at least 2 examples."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(ex))
+    strat = stratify
+    if strat is not None:
+        _, counts = np.unique(np.asarray(strat, dtype=object).astype(str), return_counts=True)
+        if counts.min() < 2 or int(round(fraction * len(ex))) < len(counts):
+            strat = None
+    tr, va = train_test_split(idx, test_size=fraction, random_state=seed,
+                              stratify=None if strat is None else [str(s) for s in strat])
+    return ex.subset(np.sort(tr)), ex.subset(np.sort(va))

@@ -1,0 +1,158 @@
+"""Images: listing (ImageFolder tree or CSV), decode-once cache at about training resolution, transforms."""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from tuneforge.data.examples import Examples
+from tuneforge.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a half-grey picture
+
+ImageRef = Union[str, np.ndarray]  # a file path, or pixels already in memory (HWC uint8 RGB)
+
+
+def list_image_folder(root: Path) -> Examples:
+    """torchvision ImageFolder layout: root/<class>/<image>."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"image folder '{root}' has no class sub-folders; expected {root}/<class>/<image files>")
+    images, labels = [], []
+    for c in classes:
+        for f in sorted((root / c).rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+                images.append(str(f))
+                labels.append(c)
+    if not images:
+        raise DataError(f"image folder '{root}' holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return Examples(images, labels, list(images))
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits instead of clipping
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
+        im = Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
+        im = Image.fromarray((a * 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        bg = Image.new("RGB", im.size, (255, 255, 255))
+        rgba = im.convert("RGBA")
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    return im.convert("RGB")
+
+
+def decode_image(path: str, short_side: Optional[int]) -> np.ndarray:
+    """→ HWC uint8 RGB; downscaled so the shorter side is `short_side` (never upscaled)."""
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (short_side, short_side) if short_side else None)  # fast JPEG downscale
+            im.load()
+            im = _to_rgb(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise DataError(f"{path}: not a readable image ({reason}); replace or remove it, "
+                        "or set data.on_bad_sample: skip") from None
+    if short_side and min(im.size) > short_side:
+        scale = short_side / min(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
+    return np.asarray(im, dtype=np.uint8)
+
+
+class ImageCache:
+    """Decodes every image once (in parallel), validating all of them, and keeps up to `max_mb` in memory."""
+
+    def __init__(self, short_side: Optional[int], max_mb: int):
+        self.short_side, self.max_bytes = short_side, max_mb * 2**20
+        self.used = 0
+        self.store: dict[str, np.ndarray] = {}
+
+    def _one(self, path: str) -> tuple[str, Optional[np.ndarray], Optional[str]]:
+        try:
+            return path, decode_image(path, self.short_side), None
+        except DataError as e:
+            return path, None, str(e)
+
+    def prepare(self, examples: Examples, on_bad: str, log=print) -> Examples:
+        paths = [p for p in examples.inputs if isinstance(p, str)]
+        with ThreadPoolExecutor(max_workers=max(2, min(8, torch.get_num_threads()))) as pool:
+            results = {p: (arr, err) for p, arr, err in pool.map(self._one, paths)}
+        keep_images, keep_labels, keep_where, skipped = [], [], [], list(examples.skipped)
+        for img, label, where in zip(examples.inputs, examples.labels, examples.where):
+            if isinstance(img, str):
+                arr, err = results[img]
+                if err:
+                    if on_bad != "skip":
+                        raise DataError(err)
+                    skipped.append(err)
+                    continue
+                if self.used + arr.nbytes <= self.max_bytes:
+                    self.store[img] = arr
+                    self.used += arr.nbytes
+            keep_images.append(img)
+            keep_labels.append(label)
+            keep_where.append(where)
+        if skipped:
+            log(f"data: skipped {len(skipped)} unreadable image(s) (data.on_bad_sample: skip)")
+        return Examples(keep_images, keep_labels, keep_where, skipped)
+
+    def get(self, img: ImageRef) -> np.ndarray:
+        if isinstance(img, np.ndarray):
+            return img
+        arr = self.store.get(img)
+        return arr if arr is not None else decode_image(img, self.short_side)
+
+
+def build_transforms(image_cfg: dict, size: int, train: bool, crop_scale=(0.08, 1.0), hflip=True):
+    interp = InterpolationMode.BICUBIC if image_cfg.get("interpolation") == "bicubic" else InterpolationMode.BILINEAR
+    norm = [T.ToDtype(torch.float32, scale=True), T.Normalize(image_cfg["mean"], image_cfg["std"])]
+    if train:
+        steps = [T.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=interp, antialias=True)]
+        if hflip:
+            steps.append(T.RandomHorizontalFlip())
+        return T.Compose(steps + norm)
+    resize = math.floor(size / image_cfg.get("crop_pct", 0.875))
+    return T.Compose([T.Resize(resize, interpolation=interp, antialias=True), T.CenterCrop(size)] + norm)
+
+
+class ImageDataset(Dataset):
+    def __init__(self, images: list[ImageRef], labels: list, cache: ImageCache, transform,
+                 label_dtype=torch.long):
+        self.images, self.labels, self.cache, self.transform = images, labels, cache, transform
+        self.label_dtype = label_dtype
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        arr = self.cache.get(self.images[i])
+        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        item = {"pixel_values": self.transform(x)}
+        if self.labels is not None:
+            item["labels"] = torch.as_tensor(self.labels[i], dtype=self.label_dtype)
+        return item
+
+
+def sklearn_digits(size: int = 32) -> Examples:
+    """sklearn's bundled 8×8 handwritten digits (1,797 images), upsampled to size×size, 3 channels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    small = torch.from_numpy((d.images * (255.0 / 16.0)).astype(np.float32)).unsqueeze(1)
+    big = torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    arrs = big.clamp(0, 255).round().to(torch.uint8).repeat(1, 3, 1, 1).permute(0, 2, 3, 1).numpy()
+    return Examples([a for a in arrs], [str(int(t)) for t in d.target],
+                         [f"sklearn-digits #{i}" for i in range(len(arrs))])

@@ -1,0 +1,120 @@
+"""Where examples come from: files under data.dir / data.train / data.val, or a built-in source."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import pandas as pd
+
+from tuneforge.data.examples import Examples
+from tuneforge.data.images import IMAGE_SUFFIXES, list_image_folder, sklearn_digits
+from tuneforge.data.tables import (SPLIT_NAMES, TABLE_SUFFIXES, find_split_file, guess_text_columns, read_table,
+                                   require_columns)
+from tuneforge.errors import DataError
+from tuneforge.registry import Registry
+
+# A built-in source: `fn(data_cfg) -> Examples` (the train pool; val comes from a seeded split).
+BUILTIN_SOURCES: Registry[Callable] = Registry("data source")
+# A file reader for one modality: `fn(path, data_cfg, log) -> Examples`. Tasks with special formats
+# (CoNLL, chat JSONL) register their own.
+FILE_READERS: Registry[Callable] = Registry("file reader")
+
+
+@BUILTIN_SOURCES.register("sklearn-digits")
+def _digits(dcfg) -> Examples:
+    return sklearn_digits(size=32)
+
+
+def split_path(dcfg, split: str, suffixes=TABLE_SUFFIXES, folders: bool = False) -> Optional[Path]:
+    """The file (or folder) for a split: explicit data.train / data.val, else discovered under data.dir."""
+    explicit = {"train": dcfg.train, "val": dcfg.val}.get(split)
+    base = Path(dcfg.dir).expanduser() if dcfg.dir else None
+    if explicit:
+        p = Path(explicit).expanduser()
+        p = p if p.is_absolute() or base is None else base / p
+        if not p.exists():
+            raise DataError(f"data.{split} '{p}' does not exist")
+        return p
+    if base is None:
+        return None
+    if not base.is_dir():
+        raise DataError(f"data.dir '{base}' does not exist or is not a folder")
+    if folders:
+        for name in SPLIT_NAMES[split]:
+            if (base / name).is_dir():
+                return base / name
+        found = find_split_file(base, split, suffixes)  # an image CSV (path,label)
+        if found is not None or split != "train":
+            return found
+        return base  # a bare ImageFolder tree (class folders directly under data.dir) is the train pool
+    found = find_split_file(base, split, suffixes)
+    if found is None and split == "train":
+        raise DataError(f"data.dir '{base}' has no train file (train{'/'.join(suffixes)}); "
+                        "set data.train to the file")
+    return found
+
+
+def _clean_text(v) -> str:
+    return "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
+
+
+@FILE_READERS.register("text")
+def read_text_table(path: Path, dcfg, log=print, need_label: bool = True) -> Examples:
+    df = read_table(path)
+    text_col, pair_col = guess_text_columns(df, dcfg.text_column, dcfg.text_pair_column)
+    cols = [text_col] + ([pair_col] if pair_col else []) + ([dcfg.label_column] if need_label else [])
+    require_columns(df, path, cols, {text_col: "data.text_column", pair_col: "data.text_pair_column",
+                                     dcfg.label_column: "data.label_column"})
+    texts = [_clean_text(v) for v in df[text_col].tolist()]
+    pairs = [_clean_text(v) for v in df[pair_col].tolist()] if pair_col else None
+    where = [f"{path} line {n}" for n in df["_line"].tolist()]
+    labels = df[dcfg.label_column].tolist() if need_label else None
+    keep, skipped = [], []
+    for i, t in enumerate(texts):
+        empty = not t.strip() or (pairs is not None and not pairs[i].strip())
+        if empty:
+            col = text_col if not t.strip() else pair_col
+            msg = (f"{where[i]}: empty text in column '{col}'; fill it or remove the row, "
+                   "or set data.on_bad_sample: skip")
+            if dcfg.on_bad_sample != "skip":
+                raise DataError(msg)
+            skipped.append(msg)
+        else:
+            keep.append(i)
+    if skipped:
+        log(f"data: skipped {len(skipped)} row(s) with empty text in {path} (data.on_bad_sample: skip)")
+    if not keep:
+        raise DataError(f"{path}: no usable rows (all {len(texts)} have empty text)")
+    inputs = [(texts[i], pairs[i]) if pairs is not None else texts[i] for i in keep]
+    return Examples(inputs, None if labels is None else [labels[i] for i in keep], [where[i] for i in keep], skipped)
+
+
+@FILE_READERS.register("image")
+def read_images(path: Path, dcfg, log=print, need_label: bool = True) -> Examples:
+    if path.is_dir():
+        return list_image_folder(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:  # a single image (predict)
+        return Examples([str(path)], None, [str(path)])
+    df = read_table(path)
+    cols = [dcfg.image_column] + ([dcfg.label_column] if need_label else [])
+    require_columns(df, path, cols, {dcfg.image_column: "data.image_column", dcfg.label_column: "data.label_column"})
+    images, where = [], []
+    for rel, n in zip(df[dcfg.image_column].tolist(), df["_line"].tolist()):
+        p = Path(str(rel)).expanduser()
+        p = p if p.is_absolute() else path.parent / p
+        if not p.is_file():
+            raise DataError(f"{path} line {n}: image '{rel}' does not exist (paths are relative to the CSV's folder)")
+        images.append(str(p))
+        where.append(f"{path} line {n}")
+    return Examples(images, df[dcfg.label_column].tolist() if need_label else None, where)
+
+
+def read_split(dcfg, modality: str, split: str, log=print, reader: Optional[str] = None) -> Optional[Examples]:
+    """Examples of one split, or None when the split is not given (then val is split off train)."""
+    if dcfg.source:
+        return BUILTIN_SOURCES.get(dcfg.source, "data.source")(dcfg) if split == "train" else None
+    is_image = modality == "image"
+    path = split_path(dcfg, split, folders=is_image, suffixes=(".csv",) if is_image else TABLE_SUFFIXES)
+    if path is None:
+        return None
+    return FILE_READERS.get(reader or modality)(path, dcfg, log)

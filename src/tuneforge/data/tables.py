@@ -1,0 +1,127 @@
+"""Tabular files (CSV, TSV, JSONL, Parquet) → pandas, with errors that name the file, line and fix."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from tuneforge.errors import DataError
+
+TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
+SPLIT_NAMES = {"train": ("train",), "val": ("dev", "val", "valid", "validation"), "test": ("test",)}
+
+
+def find_split_file(folder: Path, split: str, suffixes=TABLE_SUFFIXES) -> Optional[Path]:
+    for stem in SPLIT_NAMES[split]:
+        for suffix in suffixes:
+            if (folder / f"{stem}{suffix}").is_file():
+                return folder / f"{stem}{suffix}"
+    return None
+
+
+def _utf8_error(path: Path, e: UnicodeDecodeError) -> DataError:
+    raw = path.read_bytes()
+    pos = raw.find(e.object[e.start:e.end]) if isinstance(e.object, bytes) else -1
+    line = raw[:pos].count(b"\n") + 1 if pos >= 0 else "?"
+    return DataError(f"{path} line {line}: not valid UTF-8 (byte 0x{e.object[e.start]:02x}); "
+                     "re-save the file as UTF-8")
+
+
+def _check_header(path: Path, sep: str) -> None:
+    with path.open(encoding="utf-8", newline="") as f:
+        first = f.readline()
+    if not first.strip():
+        raise DataError(f"{path}: the file is empty or starts with a blank line; the first line must be the header")
+    header = next(csv.reader([first], delimiter=sep, quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL))
+    seen = set()
+    for name in header:
+        if name in seen:
+            raise DataError(f"{path} line 1: column '{name}' appears twice in the header; rename one of them")
+        seen.add(name)
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} line {n}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
+            row["_line"] = n
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def read_table(path: str | Path, sep: Optional[str] = None) -> pd.DataFrame:
+    """Read every column as text (labels and numbers are parsed by the task, with row-level errors).
+
+    The result has a `_line` column: the line number in the file, for error messages."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file '{p}' does not exist")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv", ".txt"):
+            sep = sep or ("\t" if suffix in (".tsv", ".txt") else ",")
+            _check_header(p, sep)
+            # GLUE-style TSVs contain bare `"` characters: quoting off for tabs, standard CSV quoting otherwise.
+            df = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8",
+                             quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL,
+                             engine="c", skip_blank_lines=True)
+            short = df.isna().any(axis=1)
+            df["_line"] = range(2, len(df) + 2)
+            if short.any():
+                n = int(df.loc[short, "_line"].iloc[0])
+                raise DataError(f"{p} line {n}: row has fewer fields than the header "
+                                f"({len(df.columns) - 1} columns); fix or remove the row")
+        elif suffix in (".jsonl", ".json"):
+            df = _read_jsonl(p)
+        elif suffix == ".parquet":
+            df = pd.read_parquet(p)
+            df["_line"] = range(1, len(df) + 1)
+        else:
+            raise DataError(f"data file '{p}': unsupported type '{suffix}'; use .csv, .tsv, .jsonl or .parquet")
+    except UnicodeDecodeError as e:
+        raise _utf8_error(p, e) from None
+    except pd.errors.ParserError as e:
+        msg = str(e).strip().splitlines()[-1].replace("Error tokenizing data. C error: ", "")
+        raise DataError(f"{p}: {msg}; every row needs the header's number of fields "
+                        "(quote CSV fields that contain the delimiter)") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{p}: the file is empty; it needs a header line and at least one row") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{p}: cannot read ({str(e).splitlines()[0][:160]})") from None
+    if len(df) == 0:
+        raise DataError(f"{p}: no data rows (only a header); the split must not be empty")
+    return df
+
+
+def require_columns(df: pd.DataFrame, path, columns: list[str], key_hint: dict[str, str]) -> None:
+    have = [c for c in df.columns if c != "_line"]
+    for col in columns:
+        if col not in df.columns:
+            key = key_hint.get(col, "")
+            raise DataError(f"{path}: no column '{col}' (columns: {', '.join(map(str, have))}); "
+                            f"set {key} to one of them" if key else f"{path}: no column '{col}'")
+
+
+def guess_text_columns(df: pd.DataFrame, text: Optional[str], pair: Optional[str]) -> tuple[str, Optional[str]]:
+    if text:
+        return text, pair
+    cols = set(df.columns)
+    for a, b in (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis")):
+        if a in cols and b in cols:
+            return a, pair or b
+    for name in ("text", "sentence", "review", "content", "document", "question"):
+        if name in cols:
+            return name, pair
+    raise DataError(f"cannot tell which column holds the text (columns: "
+                    f"{', '.join(str(c) for c in df.columns if c != '_line')}); set data.text_column")

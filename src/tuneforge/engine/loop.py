@@ -1,0 +1,148 @@
+"""Where a batch goes: the training step, the epoch loop and evaluation, on HF Accelerate."""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from tuneforge.data.sampling import EpochBatchSampler
+from tuneforge.engine.callbacks import CallbackList, TrainState
+from tuneforge.errors import ConfigError
+from tuneforge.metrics import scalars
+from tuneforge.tasks.base import Built, Task
+
+
+@dataclass
+class Components:
+    """Everything the loop touches, built once by the runner from the validated config."""
+
+    bundle: object  # ModelBundle: .model, .logits(batch)
+    task: Task
+    train_loader: DataLoader
+    val_loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    accelerator: object
+    callbacks: CallbackList
+    grad_accum: int = 1
+    grad_clip: Optional[float] = None
+    eval_every: Optional[int] = None  # optimizer steps; None = every epoch
+    metric: str = "accuracy"
+    mode: str = "max"
+    t0: float = 0.0  # perf_counter at which wall_seconds would be 0
+
+
+def make_loader(built: Built, batch_size: int, train: bool, seed: int, num_workers: int = 0) -> DataLoader:
+    sampler = EpochBatchSampler(len(built.dataset), batch_size, seed, lengths=built.lengths, shuffle=train)
+    return DataLoader(built.dataset, batch_sampler=sampler, collate_fn=built.collate, num_workers=num_workers,
+                      persistent_workers=num_workers > 0,
+                      generator=torch.Generator().manual_seed(seed) if train else None)
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(bundle, task: Task, loader: DataLoader, accelerator) -> dict:
+    """Streams the metrics: per batch only argmax / small summaries go to the CPU accumulator."""
+    model = bundle.model
+    was_training = model.training
+    model.eval()
+    metrics = task.new_metrics()
+    for batch in loader:
+        batch = _to_device(batch, accelerator.device)
+        with accelerator.autocast():
+            logits = bundle.logits(batch)
+            loss = task.loss(logits, batch)
+        logits, labels = logits.float(), batch["labels"]
+        if accelerator.num_processes > 1:
+            logits, labels = accelerator.gather_for_metrics((logits, labels))
+        metrics.update(logits, labels, float(loss))
+    model.train(was_training)
+    return metrics.compute()
+
+
+def run_eval(c: Components, state: TrainState) -> dict:
+    metrics = evaluate(c.bundle, c.task, c.val_loader, c.accelerator)
+    if c.metric not in metrics:
+        raise ConfigError(f"eval.metric '{c.metric}' is not computed by task '{c.task.name}'; choose one of: "
+                          f"{', '.join(scalars(metrics))}")
+    value = metrics[c.metric]
+    sign = 1 if c.mode == "max" else -1
+    state.is_best = state.best_metric is None or sign * (value - state.best_metric) > 0
+    if state.is_best:
+        state.best_metric, state.best_step = value, state.step
+    batches = len(c.train_loader.batch_sampler) + c.train_loader.batch_sampler.skip
+    record = {"step": state.step, "epoch": round(state.epoch + state.batch_in_epoch / max(batches, 1), 4),
+              "wall_seconds": round(state.wall_seconds, 3), "samples_seen": state.samples_seen,
+              "train_loss": state.last_loss, "metrics": metrics}
+    state.history.append(record)
+    c.callbacks.fire("on_eval_end", state, record)
+    return metrics
+
+
+def train_one_epoch(c: Components, state: TrainState) -> None:
+    model, acc = c.bundle.model, c.accelerator
+    sampler: EpochBatchSampler = c.train_loader.batch_sampler
+    sampler.set_epoch(state.epoch, skip=state.batch_in_epoch)
+    n_batches = len(sampler) + sampler.skip
+    model.train()
+    for batch in c.train_loader:
+        i = state.batch_in_epoch
+        sync = (i + 1) % c.grad_accum == 0 or i + 1 == n_batches
+        batch = _to_device(batch, acc.device)
+        with nullcontext() if sync else acc.no_sync(model):
+            with acc.autocast():
+                logits = c.bundle.logits(batch)
+                loss = c.task.loss(logits, batch)
+            acc.backward(loss / c.grad_accum)
+        state.batch_in_epoch += 1
+        state.samples_seen += len(batch["labels"])
+        if "attention_mask" in batch:
+            state.tokens_seen += int(batch["attention_mask"].sum())
+        if not sync:
+            continue
+        if c.grad_clip:
+            acc.clip_grad_norm_(model.parameters(), c.grad_clip)
+        c.optimizer.step()
+        c.scheduler.step()
+        c.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.last_loss = float(loss.detach())
+        state.wall_seconds = time.perf_counter() - c.t0
+        c.callbacks.fire("on_step_end", state)
+        if c.eval_every and state.step % c.eval_every == 0:
+            run_eval(c, state)
+        if state.step >= state.total_steps and not state.should_stop:
+            state.should_stop, state.stop_reason = True, f"reached {state.total_steps} steps"
+        if state.should_stop:
+            return
+    state.epoch += 1
+    state.batch_in_epoch = 0
+    state.wall_seconds = time.perf_counter() - c.t0
+    if c.eval_every is None:
+        run_eval(c, state)
+    c.callbacks.fire("on_epoch_end", state)
+
+
+def fit(c: Components, state: TrainState) -> TrainState:
+    c.t0 = time.perf_counter() - state.wall_seconds  # a resumed run continues its clock
+    c.callbacks.fire("on_fit_start", state)
+    try:
+        while not state.should_stop:
+            train_one_epoch(c, state)
+        if not state.history or state.history[-1]["step"] != state.step:
+            run_eval(c, state)  # the final weights are always evaluated
+    finally:
+        c.callbacks.fire("on_fit_end", state)
+    return state
+
+
+def steps_per_epoch(loader: DataLoader, grad_accum: int) -> int:
+    return math.ceil(len(loader.batch_sampler) / grad_accum)

@@ -1,0 +1,64 @@
+"""Model sources behind one factory: `create_model(cfg.model, head)` and `load_saved_model(folder)`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tuneforge.errors import ModelError
+from tuneforge.models import hf, vision  # noqa: F401  (registers the sources and aliases)
+from tuneforge.models.base import MODEL_ALIASES, MODEL_SOURCES, HeadSpec, ModelBundle, write_json
+
+META_FILE = "tuneforge.json"
+
+
+def resolve_source(cfg) -> tuple[str, object, dict]:
+    """→ (source name, model config with the alias applied, extra keyword arguments for the source)."""
+    extra: dict = {}
+    if cfg.name in MODEL_ALIASES:
+        source, updates = MODEL_ALIASES.get(cfg.name)()
+        extra = {k[1:]: updates.pop(k) for k in list(updates) if k.startswith("_")}
+        cfg = cfg.model_copy(update=updates)
+        return source, cfg, extra
+    if cfg.source != "auto":
+        return cfg.source, cfg, extra
+    if Path(cfg.name).expanduser().is_dir():
+        return "hf", cfg, extra
+    import timm
+    import torchvision
+
+    if timm.is_model(cfg.name):
+        return "timm", cfg, extra
+    if cfg.name in torchvision.models.list_models():
+        return "torchvision", cfg, extra
+    return "hf", cfg, extra
+
+
+def create_model(cfg, head: HeadSpec, log=print) -> ModelBundle:
+    alias = cfg.name if cfg.name in MODEL_ALIASES else None
+    source, resolved, extra = resolve_source(cfg)
+    bundle = MODEL_SOURCES.get(source, "model.source").load(resolved, head, log=log, **extra)
+    if alias:
+        bundle.extra_meta["alias"] = alias
+    return bundle
+
+
+def save_model(bundle: ModelBundle, out_dir: Path, extra_meta: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bundle.save(out_dir)
+    write_json(out_dir / "labels.json", bundle.head.labels)
+    write_json(out_dir / META_FILE, {**bundle.meta(), **extra_meta})
+
+
+def load_saved_model(model_dir: str | Path) -> tuple[ModelBundle, dict]:
+    d = Path(model_dir)
+    if (d / "model" / META_FILE).is_file():  # a run folder
+        d = d / "model"
+    if not (d / META_FILE).is_file():
+        raise ModelError(f"'{model_dir}' is neither a tuneforge run folder nor its model/ folder "
+                         f"(no {META_FILE}); pass the folder that `tuneforge train` wrote")
+    meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
+    return MODEL_SOURCES.get(meta["source"]).load_saved(d, meta), meta
+
+
+__all__ = ["HeadSpec", "ModelBundle", "create_model", "load_saved_model", "save_model", "MODEL_SOURCES",
+           "MODEL_ALIASES"]

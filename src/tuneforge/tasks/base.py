@@ -1,0 +1,114 @@
+"""The Task seam: everything that differs between problem types, behind one small interface.
+
+A task owns: reading and checking labels, the head it needs, turning examples into a Dataset,
+its loss, its metrics and how predictions are decoded. The training loop knows none of this."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils.data import Dataset
+
+from tuneforge.data.examples import Examples, sample, split
+from tuneforge.data.sources import read_split
+from tuneforge.errors import DataError
+from tuneforge.losses import LOSSES
+from tuneforge.models.base import HeadSpec, ModelBundle
+from tuneforge.registry import Registry
+
+TASKS: Registry[type] = Registry("task")
+
+
+@dataclass
+class Built:
+    dataset: Dataset
+    collate: Optional[Callable] = None
+    lengths: Optional[list[int]] = None  # per-example token counts, for length-grouped batching
+    skipped: int = 0
+
+
+class Task:
+    name = ""
+    head_kind = "sequence"
+    default_loss = "cross_entropy"
+    default_metric = "accuracy"
+    minimize = ("loss", "mse", "mae", "rmse")  # metrics where lower is better
+    file_reader: Optional[str] = None  # FILE_READERS name; None: the model's modality
+
+    def __init__(self, cfg, log=print):
+        self.cfg, self.log = cfg, log
+        self.labels: list[str] = []
+        self._loss: Optional[Callable] = None
+
+    # ---------------------------------------------------------------- data
+    def read_examples(self, modality: str) -> tuple[Examples, Examples, Optional[Examples]]:
+        d, seed = self.cfg.data, self.cfg.train.seed
+        train = read_split(d, modality, "train", self.log, self.file_reader)
+        if train is None:
+            raise DataError("no training data: set data.dir, data.train or data.source")
+        val = read_split(d, modality, "val", self.log, self.file_reader)
+        test = read_split(d, modality, "test", self.log, self.file_reader) if d.dir and not d.source else None
+        if val is None:
+            train, val = split(train, d.val_split, seed, stratify=self.stratify_key(train))
+            self.log(f"data: no validation set given; split off {len(val)} of {len(train) + len(val)} "
+                     f"examples (data.val_split={d.val_split}, seed {seed})")
+        train = sample(train, d.max_train_samples, seed)
+        val = sample(val, d.max_val_samples, seed)
+        for name, ex in (("train", train), ("val", val)):
+            if len(ex) == 0:
+                raise DataError(f"the {name} split is empty; give it at least one example")
+        return train, val, test
+
+    def stratify_key(self, ex: Examples) -> Optional[list]:
+        return None
+
+    def fit_labels(self, train: Examples, val: Examples) -> None:
+        """Learn the label space from train and check val against it."""
+
+    def head_spec(self) -> HeadSpec:
+        raise NotImplementedError
+
+    def build(self, ex: Examples, bundle: ModelBundle, train: bool) -> Built:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- training
+    def class_weights(self) -> Optional[torch.Tensor]:
+        return None
+
+    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        if self._loss is None:
+            name = self.cfg.task.loss or self.default_loss
+            self._loss = LOSSES.get(name, "task.loss")(self.cfg.task, self.class_weights())
+        return self._loss(logits, batch["labels"])
+
+    def new_metrics(self):
+        raise NotImplementedError
+
+    def metric_mode(self, metric: str) -> str:
+        mode = self.cfg.eval.mode
+        return mode if mode != "auto" else ("min" if metric in self.minimize else "max")
+
+    # ---------------------------------------------------------------- inference
+    def decode(self, logits: torch.Tensor, top_k: Optional[int]) -> list[dict]:
+        raise NotImplementedError
+
+    def state(self) -> dict:
+        """What predict needs besides the weights (saved in tuneforge.json)."""
+        return {"task": self.name, "labels": self.labels}
+
+    def load_state(self, state: dict) -> None:
+        self.labels = list(state.get("labels", []))
+
+
+def create_task(cfg, log=print) -> Task:
+    return TASKS.get(cfg.task.type, "task.type")(cfg, log)
+
+
+def task_from_saved(cfg, state: dict, log=print) -> Task:
+    task = create_task(cfg, log)
+    task.load_state(state)
+    return task
+
+
+__all__ = ["TASKS", "Task", "Built", "create_task", "task_from_saved", "Any"]

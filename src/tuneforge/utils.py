@@ -1,0 +1,75 @@
+"""Small process-level helpers: logging, seeding, threads, precision, memory."""
+from __future__ import annotations
+
+import os
+import random
+import resource
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from rich.console import Console
+
+console = Console(stderr=True, highlight=False)
+
+
+class RunLog:
+    """Prints to stderr; once the run folder exists, also keeps everything in run_dir/train.log."""
+
+    def __init__(self, quiet: bool = False):
+        self.lines: list[str] = []
+        self.path: Optional[Path] = None
+        self.quiet = quiet
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            console.print(msg, markup=False, soft_wrap=True)
+        if self.path:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(msg + "\n")
+        else:
+            self.lines.append(msg)
+
+    def attach(self, path: Path) -> None:
+        path.write_text("".join(line + "\n" for line in self.lines), encoding="utf-8")
+        self.path = path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: Optional[int]) -> int:
+    n = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return n
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(requested: str) -> str:
+    """auto → bf16 where the hardware runs it natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else fp32."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def count_params(model: torch.nn.Module) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "frozen": total - trainable}
