@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -63,6 +64,9 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: Literal["linear", "cosine", "constant"] = "linear"
+    head_lr: Optional[float] = Field(None, gt=0.0)  # LR for the new head; None = train.lr
+    layer_decay: Optional[float] = Field(None, gt=0.0, le=1.0)  # layer-wise LR decay: lr × decay^(depth from top)
+    freeze_norm_stats: bool = False  # keep BatchNorm running stats fixed (small image sets)
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     warmup_steps: Optional[int] = Field(None, ge=0)  # overrides warmup_ratio
     epochs: float = Field(3, gt=0)
@@ -174,6 +178,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
+    if isinstance(parsed, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", parsed.strip()):
+        parsed = float(parsed)  # PyYAML (YAML 1.1) reads 3e-5 as a string; YAML 1.2 and users mean a float
     return key.strip().split("."), parsed
 
 

@@ -14,7 +14,8 @@ class ClassificationMetrics:
         self.targets: list[np.ndarray] = []
         self.loss_sum, self.n = 0.0, 0
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor, loss: float) -> None:
+    def update(self, logits: torch.Tensor, batch: dict, loss: float) -> None:
+        targets = batch["labels"]
         self.preds.append(logits.argmax(-1).cpu().numpy())
         self.targets.append(targets.cpu().numpy())
         self.loss_sum += loss * len(targets)

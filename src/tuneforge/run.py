@@ -94,7 +94,7 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
                              cfg.data.num_workers)
     accelerator = _accelerator(precision)
     model = bundle.model
-    optimizer = create_optimizer(model, tc)
+    optimizer = create_optimizer(model, tc, set(bundle.new_params))
     steps = total_steps(tc, len(train_loader.batch_sampler))
     scheduler = create_scheduler(optimizer, tc, steps)
     bundle.model, optimizer = accelerator.prepare(model, optimizer)
@@ -115,7 +115,8 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
     c = Components(bundle=bundle, task=task, train_loader=train_loader, val_loader=val_loader,
                    optimizer=optimizer, scheduler=scheduler, accelerator=accelerator,
                    callbacks=CallbackList(callbacks), grad_accum=tc.grad_accum, grad_clip=tc.grad_clip,
-                   eval_every=cfg.eval.every_steps, metric=metric, mode=mode)
+                   eval_every=cfg.eval.every_steps, metric=metric, mode=mode,
+                   freeze_norm_stats=tc.freeze_norm_stats)
 
     # 4. train
     state = fit(c, TrainState(total_steps=steps))

@@ -69,7 +69,7 @@ def decode_image(path: str, short_side: Optional[int]) -> np.ndarray:
     if short_side and min(im.size) > short_side:
         scale = short_side / min(im.size)
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
-    return np.asarray(im, dtype=np.uint8)
+    return np.array(im, dtype=np.uint8)  # writable: torch.from_numpy needs it
 
 
 class ImageCache:
@@ -91,7 +91,8 @@ class ImageCache:
         with ThreadPoolExecutor(max_workers=max(2, min(8, torch.get_num_threads()))) as pool:
             results = {p: (arr, err) for p, arr, err in pool.map(self._one, paths)}
         keep_images, keep_labels, keep_where, skipped = [], [], [], list(examples.skipped)
-        for img, label, where in zip(examples.inputs, examples.labels, examples.where):
+        labels = examples.labels if examples.labels is not None else [None] * len(examples.inputs)  # predict
+        for img, label, where in zip(examples.inputs, labels, examples.where):
             if isinstance(img, str):
                 arr, err = results[img]
                 if err:
@@ -107,7 +108,7 @@ class ImageCache:
             keep_where.append(where)
         if skipped:
             log(f"data: skipped {len(skipped)} unreadable image(s) (data.on_bad_sample: skip)")
-        return Examples(keep_images, keep_labels, keep_where, skipped)
+        return Examples(keep_images, None if examples.labels is None else keep_labels, keep_where, skipped)
 
     def get(self, img: ImageRef) -> np.ndarray:
         if isinstance(img, np.ndarray):

@@ -35,6 +35,7 @@ class Components:
     metric: str = "accuracy"
     mode: str = "max"
     t0: float = 0.0  # perf_counter at which wall_seconds would be 0
+    freeze_norm_stats: bool = False
 
 
 def make_loader(built: Built, batch_size: int, train: bool, seed: int, num_workers: int = 0) -> DataLoader:
@@ -44,15 +45,23 @@ def make_loader(built: Built, batch_size: int, train: bool, seed: int, num_worke
                       generator=torch.Generator().manual_seed(seed) if train else None)
 
 
+def set_train_mode(model: torch.nn.Module, freeze_norm_stats: bool) -> None:
+    model.train()
+    if freeze_norm_stats:  # BatchNorm uses (and keeps) its pretrained running statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @torch.no_grad()
 def evaluate(bundle, task: Task, loader: DataLoader, accelerator) -> dict:
-    """Streams the metrics: per batch only argmax / small summaries go to the CPU accumulator."""
+    """Streams the metrics: per batch only argmax / small summaries go to the CPU accumulator.
+    Leaves the model in eval mode; the training loop switches back."""
     model = bundle.model
-    was_training = model.training
     model.eval()
     metrics = task.new_metrics()
     for batch in loader:
@@ -60,11 +69,10 @@ def evaluate(bundle, task: Task, loader: DataLoader, accelerator) -> dict:
         with accelerator.autocast():
             logits = bundle.logits(batch)
             loss = task.loss(logits, batch)
-        logits, labels = logits.float(), batch["labels"]
+        logits = logits.float()
         if accelerator.num_processes > 1:
-            logits, labels = accelerator.gather_for_metrics((logits, labels))
-        metrics.update(logits, labels, float(loss))
-    model.train(was_training)
+            logits, batch = accelerator.gather_for_metrics((logits, batch))
+        metrics.update(logits, batch, float(loss))
     return metrics.compute()
 
 
@@ -92,7 +100,7 @@ def train_one_epoch(c: Components, state: TrainState) -> None:
     sampler: EpochBatchSampler = c.train_loader.batch_sampler
     sampler.set_epoch(state.epoch, skip=state.batch_in_epoch)
     n_batches = len(sampler) + sampler.skip
-    model.train()
+    set_train_mode(model, c.freeze_norm_stats)
     for batch in c.train_loader:
         i = state.batch_in_epoch
         sync = (i + 1) % c.grad_accum == 0 or i + 1 == n_batches
@@ -119,6 +127,7 @@ def train_one_epoch(c: Components, state: TrainState) -> None:
         c.callbacks.fire("on_step_end", state)
         if c.eval_every and state.step % c.eval_every == 0:
             run_eval(c, state)
+            set_train_mode(model, c.freeze_norm_stats)
         if state.step >= state.total_steps and not state.should_stop:
             state.should_stop, state.stop_reason = True, f"reached {state.total_steps} steps"
         if state.should_stop:

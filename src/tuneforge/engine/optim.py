@@ -1,26 +1,60 @@
-"""Optimizer and LR schedule from the `train` section."""
+"""Optimizer and LR schedule from the `train` section: decay rules, head LR and layer-wise LR decay."""
 from __future__ import annotations
 
 import math
+import re
+from typing import Optional
 
 import torch
 from transformers import get_scheduler
 
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+_HF_LAYER = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: biases and norm weights (all 1-D tensors) are not decayed."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+def layer_depths(model: torch.nn.Module, head: set[str]) -> tuple[dict[str, int], int]:
+    """Depth of every parameter (0 = input side). timm models describe their own grouping; transformer
+    stacks are numbered `...layer.<i>...`; embeddings come first and the head (and anything after the stack) last."""
+    names = [n for n, _ in model.named_parameters()]
+    depth: dict[str, int] = {}
+    if hasattr(model, "group_matcher"):
+        from timm.models import group_parameters
+
+        for gid, members in enumerate(group_parameters(model, model.group_matcher(coarse=False)).values()):
+            depth.update({n: gid for n in members})
+    else:
+        for n in names:
+            m = _HF_LAYER.search(n)
+            if m:
+                depth[n] = int(m.group(1)) + 1
+            elif "embed" in n:
+                depth[n] = 0
+    top = max(depth.values(), default=0) + 1
+    for n in names:
+        if n in head or n not in depth:
+            depth[n] = top
+    return depth, top
 
 
-def create_optimizer(model: torch.nn.Module, tcfg, groups: list[dict] | None = None) -> torch.optim.Optimizer:
-    groups = groups or param_groups(model, tcfg.weight_decay)
+def param_groups(model: torch.nn.Module, tcfg, head: Optional[set[str]] = None) -> list[dict]:
+    """Weight decay on matrices only (biases and norm weights, all 1-D, are not decayed);
+    per-depth LRs when train.layer_decay is set, and train.head_lr for the new head."""
+    head = head or set()
+    depths, top = layer_depths(model, head) if tcfg.layer_decay else ({}, 0)
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lr = tcfg.lr * (tcfg.layer_decay ** (top - depths[name]) if tcfg.layer_decay else 1.0)
+        if name in head and tcfg.head_lr:
+            lr = tcfg.head_lr
+        wd = tcfg.weight_decay if p.ndim >= 2 else 0.0
+        groups.setdefault((lr, wd), {"params": [], "lr": lr, "weight_decay": wd})["params"].append(p)
+    return list(groups.values())
+
+
+def create_optimizer(model: torch.nn.Module, tcfg, head: Optional[set[str]] = None) -> torch.optim.Optimizer:
+    groups = param_groups(model, tcfg, head)
     if tcfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum, foreach=True)
     # fused AdamW: one kernel for all parameters instead of a Python loop over them
