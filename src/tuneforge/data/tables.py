@@ -24,23 +24,41 @@ def find_split_file(folder: Path, split: str, suffixes=TABLE_SUFFIXES) -> Option
 
 def _utf8_error(path: Path, e: UnicodeDecodeError) -> DataError:
     raw = path.read_bytes()
-    pos = raw.find(e.object[e.start:e.end]) if isinstance(e.object, bytes) else -1
-    line = raw[:pos].count(b"\n") + 1 if pos >= 0 else "?"
-    return DataError(f"{path} line {line}: not valid UTF-8 (byte 0x{e.object[e.start]:02x}); "
-                     "re-save the file as UTF-8")
+    try:  # the decoder's offset is relative to its chunk, so locate the first bad byte in the whole file
+        raw.decode("utf-8")
+        line, byte = "?", e.object[e.start]
+    except UnicodeDecodeError as whole:
+        line, byte = raw[:whole.start].count(b"\n") + 1, raw[whole.start]
+    return DataError(f"{path} line {line}: not valid UTF-8 (byte 0x{byte:02x}); re-save the file as UTF-8")
 
 
-def _check_header(path: Path, sep: str) -> None:
+def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
+    """csv module rather than pandas: exact line numbers, and short/long rows are errors, not NaN-filled."""
+    # GLUE-style TSVs contain bare `"` characters: quoting off for tabs, standard CSV quoting otherwise.
+    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
     with path.open(encoding="utf-8", newline="") as f:
-        first = f.readline()
-    if not first.strip():
-        raise DataError(f"{path}: the file is empty or starts with a blank line; the first line must be the header")
-    header = next(csv.reader([first], delimiter=sep, quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL))
-    seen = set()
-    for name in header:
-        if name in seen:
-            raise DataError(f"{path} line 1: column '{name}' appears twice in the header; rename one of them")
-        seen.add(name)
+        reader = csv.reader(f, delimiter=sep, quoting=quoting)
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise DataError(f"{path}: the file is empty or starts with a blank line; the first line must be the header")
+        seen = set()
+        for name in header:
+            if name in seen:
+                raise DataError(f"{path} line 1: column '{name}' appears twice in the header; rename one of them")
+            seen.add(name)
+        rows, lines, prev = [], [], reader.line_num
+        for row in reader:
+            start, prev = prev + 1, reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip() and len(header) > 1):
+                continue  # blank line
+            if len(row) != len(header):
+                raise DataError(f"{path} line {start}: {len(row)} fields, the header has {len(header)}; "
+                                "fix the row (quote CSV fields that contain the delimiter)")
+            rows.append(row)
+            lines.append(start)
+    df = pd.DataFrame(rows, columns=header, dtype=object)
+    df["_line"] = lines
+    return df
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
@@ -70,18 +88,7 @@ def read_table(path: str | Path, sep: Optional[str] = None) -> pd.DataFrame:
     suffix = p.suffix.lower()
     try:
         if suffix in (".csv", ".tsv", ".txt"):
-            sep = sep or ("\t" if suffix in (".tsv", ".txt") else ",")
-            _check_header(p, sep)
-            # GLUE-style TSVs contain bare `"` characters: quoting off for tabs, standard CSV quoting otherwise.
-            df = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8",
-                             quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL,
-                             engine="c", skip_blank_lines=True)
-            short = df.isna().any(axis=1)
-            df["_line"] = range(2, len(df) + 2)
-            if short.any():
-                n = int(df.loc[short, "_line"].iloc[0])
-                raise DataError(f"{p} line {n}: row has fewer fields than the header "
-                                f"({len(df.columns) - 1} columns); fix or remove the row")
+            df = _read_delimited(p, sep or ("\t" if suffix in (".tsv", ".txt") else ","))
         elif suffix in (".jsonl", ".json"):
             df = _read_jsonl(p)
         elif suffix == ".parquet":
@@ -91,12 +98,8 @@ def read_table(path: str | Path, sep: Optional[str] = None) -> pd.DataFrame:
             raise DataError(f"data file '{p}': unsupported type '{suffix}'; use .csv, .tsv, .jsonl or .parquet")
     except UnicodeDecodeError as e:
         raise _utf8_error(p, e) from None
-    except pd.errors.ParserError as e:
-        msg = str(e).strip().splitlines()[-1].replace("Error tokenizing data. C error: ", "")
-        raise DataError(f"{p}: {msg}; every row needs the header's number of fields "
-                        "(quote CSV fields that contain the delimiter)") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{p}: the file is empty; it needs a header line and at least one row") from None
+    except csv.Error as e:
+        raise DataError(f"{p}: malformed CSV ({e}); check quoting") from None
     except (OSError, ValueError) as e:
         raise DataError(f"{p}: cannot read ({str(e).splitlines()[0][:160]})") from None
     if len(df) == 0:
