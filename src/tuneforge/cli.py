@@ -51,8 +51,9 @@ def _cmd_eval(a) -> None:
     from tuneforge.predict import Predictor
 
     metrics = Predictor(a.run_dir).evaluate(a.data)
+    per_type = {"per_type": metrics["per_type"]} if "per_type" in metrics else {}  # NER: per entity type
     print(json.dumps({**scalars(metrics), "per_class": metrics.get("per_class"),
-                      "confusion_matrix": metrics.get("confusion_matrix")}))
+                      "confusion_matrix": metrics.get("confusion_matrix"), **per_type}))
 
 
 def _cmd_predict(a) -> None:

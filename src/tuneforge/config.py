@@ -21,6 +21,16 @@ class TaskConfig(_Section):
     type: str = "classification"  # a name in tuneforge.tasks.TASKS
     loss: Optional[str] = None  # a name in tuneforge.losses.LOSSES; None = the task's default
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    standardize: bool = False  # regression: train on (y - mean) / std of train targets; inverted at predict
+    # multilabel decision threshold: tuned on validation (one for all classes, or one per class) or fixed
+    threshold: Union[Literal["global", "per_class"], float] = "global"
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_range(cls, v: Any) -> Any:
+        if isinstance(v, float) and not 0.0 < v < 1.0:
+            raise ValueError("a fixed threshold must be between 0 and 1 (or use global / per_class)")
+        return v
 
 
 class ModelConfig(_Section):
@@ -44,11 +54,15 @@ class DataConfig(_Section):
     text_column: Optional[str] = None  # None: guess (sentence, text, ...)
     text_pair_column: Optional[str] = None
     label_column: str = "label"
+    label_delimiter: str = Field("|", min_length=1)  # multilabel: separator inside a string label cell
     image_column: str = "path"
     val_split: float = Field(0.1, gt=0.0, lt=1.0)  # used when no val set is given (stratified, seeded)
     max_train_samples: Optional[int] = Field(None, gt=0)
     max_val_samples: Optional[int] = Field(None, gt=0)
     max_length: int = Field(128, gt=1)
+    # token classification: sub-word tokens shared by consecutive windows of a sentence longer than
+    # max_length (None: a quarter of the window)
+    window_overlap: Optional[int] = Field(None, ge=0)
     group_by_length: bool = True  # text: shuffled mega-batches sorted by length (less padding)
     image_size: Optional[int] = Field(None, gt=7)  # None: the model's own input size
     augment: AugmentConfig = AugmentConfig()
@@ -81,7 +95,7 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     every_steps: Optional[int] = Field(None, gt=0)  # None: once per epoch
-    metric: str = "accuracy"  # picks the kept model
+    metric: Optional[str] = None  # picks the kept model; None: the task's default (accuracy, f1, mse, micro_f1)
     mode: Literal["auto", "max", "min"] = "auto"
     batch_size: Optional[int] = Field(None, gt=0)  # None: 2 × train.batch_size
 

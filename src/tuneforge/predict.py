@@ -47,16 +47,15 @@ class Predictor:
         ex = Examples(list(inputs), None, [f"input #{i + 1}" for i in range(len(inputs))])
         loader = self._loader(ex)
         order = [i for batch in loader.batch_sampler.batches() for i in batch]
-        outputs: list[dict] = []
-        for batch in loader:
-            batch = _to_device(batch, self.accelerator.device)
-            with self.accelerator.autocast():
-                logits = self.bundle.logits(batch)
-            outputs.extend(self.task.decode(logits.float(), top_k))
-        result: list[dict] = [{}] * len(outputs)
-        for i, out in zip(order, outputs):  # undo the length-sorted batching
-            result[i] = out
-        return result
+
+        def batches():
+            for batch in loader:
+                batch = _to_device(batch, self.accelerator.device)
+                with self.accelerator.autocast():
+                    logits = self.bundle.logits(batch)
+                yield logits.float(), batch
+
+        return self.task.decode_batches(ex, batches(), order, top_k)  # also undoes the length-sorted batching
 
     def read_inputs(self, path: str | Path) -> list:
         """Inputs for predict: a folder of images, a table (its text / image column), or a .txt (one per line)."""

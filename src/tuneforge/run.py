@@ -73,11 +73,12 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
     task = create_task(cfg, log)
     source, _, _ = resolve_source(cfg.model)
     modality = MODEL_SOURCES.get(source).modality
-    train_ex, val_ex, _test_ex = task.read_examples(modality)
+    train_ex, val_ex, test_ex = task.read_examples(modality)
     task.fit_labels(train_ex, val_ex)
     bundle = create_model(cfg.model, task.head_spec(), log=log)
     train_built = task.build(train_ex, bundle, train=True)
     val_built = task.build(val_ex, bundle, train=False)
+    test_built = task.build(test_ex, bundle, train=False) if test_ex is not None else None  # checked up front
     log(f"data: {len(train_built.dataset)} train / {len(val_built.dataset)} val examples; "
         f"labels: {', '.join(task.labels[:12])}{' ...' if len(task.labels) > 12 else ''}")
 
@@ -103,7 +104,7 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
         f" x accum {tc.grad_accum}, {tc.optimizer} lr {tc.lr} {tc.schedule}, precision {precision}, "
         f"{threads} threads; params {params['trainable']:,} trainable / {params['frozen']:,} frozen")
 
-    metric = cfg.eval.metric
+    metric = cfg.eval.metric or task.default_metric
     mode = task.metric_mode(metric)
     checkpointer = Checkpointer(run_dir, lambda: accelerator.unwrap_model(bundle.model).state_dict(),
                                 cfg.output.keep_checkpoints)
@@ -127,10 +128,17 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
     unwrapped.load_state_dict(load_weights(checkpointer.best_path()))
     bundle.model = unwrapped
     final = evaluate(bundle, task, val_loader, accelerator)
+    task.finalize()  # what was tuned on validation (thresholds) is fixed from here on, test included
+    test = None
+    if test_built is not None:  # an optional test split under data.dir: evaluated once, with the kept model
+        test = evaluate(bundle, task, make_loader(test_built, cfg.eval.batch_size or 2 * tc.batch_size, False,
+                                                  tc.seed, cfg.data.num_workers), accelerator)
+        log("test: " + " ".join(f"{k} {v:.4f}" for k, v in scalars(test).items() if k != "samples"))
     save_model(bundle, run_dir / "model", {"task_state": task.state(), "precision": precision,
                                            "config": cfg.model_dump(mode="json")})
     summary = {
         "eval": final,
+        "test": test,
         "metric": metric,
         "best_step": state.best_step,
         "best_metric": state.best_metric,
@@ -146,7 +154,7 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
         "threads": threads,
         "params": params,
         "data": {"train": len(train_built.dataset), "val": len(val_built.dataset),
-                 "skipped": train_built.skipped + val_built.skipped},
+                 "skipped": train_built.skipped + val_built.skipped, **task.report},
         "model": {"name": cfg.model.name, "source": bundle.source},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -114,7 +114,10 @@ def read_split(dcfg, modality: str, split: str, log=print, reader: Optional[str]
     if dcfg.source:
         return BUILTIN_SOURCES.get(dcfg.source, "data.source")(dcfg) if split == "train" else None
     is_image = modality == "image"
-    path = split_path(dcfg, split, folders=is_image, suffixes=(".csv",) if is_image else TABLE_SUFFIXES)
+    read = FILE_READERS.get(reader or modality)
+    # a reader for a special format says which file names it reads (CoNLL: train.txt, valid.txt, ...)
+    suffixes = getattr(read, "suffixes", None) or ((".csv",) if is_image else TABLE_SUFFIXES)
+    path = split_path(dcfg, split, folders=is_image, suffixes=suffixes)
     if path is None:
         return None
-    return FILE_READERS.get(reader or modality)(path, dcfg, log)
+    return read(path, dcfg, log)

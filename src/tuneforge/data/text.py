@@ -29,10 +29,12 @@ def tokenize_texts(tokenizer, texts: list[str], pairs: Optional[list[str]], max_
 class PadCollator:
     """Pads token-id lists to the longest in the batch; per-example labels are stacked (token labels padded)."""
 
-    def __init__(self, pad_id: int, label_dtype: torch.dtype = torch.long, pad_labels: bool = False):
+    def __init__(self, pad_id: int, label_dtype: torch.dtype = torch.long, pad_labels: bool = False,
+                 extra_pad: Optional[dict[str, int]] = None):
         self.pad = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0}
         if pad_labels:  # token-level labels: pad positions are ignored by the loss
             self.pad["labels"] = -100
+        self.pad.update(extra_pad or {})  # other per-token features (e.g. word ids, padded as ignored)
         self.label_dtype = label_dtype
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ its loss, its metrics and how predictions are decoded. The training loop knows n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -40,6 +40,7 @@ class Task:
         self.cfg, self.log = cfg, log
         self.labels: list[str] = []
         self._loss: Optional[Callable] = None
+        self.report: dict = {}  # data counts worth a line in summary.json (rows without labels, windows, ...)
 
     # ---------------------------------------------------------------- data
     def read_examples(self, modality: str) -> tuple[Examples, Examples, Optional[Examples]]:
@@ -85,6 +86,10 @@ class Task:
     def new_metrics(self):
         raise NotImplementedError
 
+    def finalize(self) -> None:
+        """Called once the kept model's validation is done: freeze what was tuned on validation
+        (e.g. multilabel thresholds) so later evaluations (test, `tuneforge eval`) reuse it."""
+
     def metric_mode(self, metric: str) -> str:
         mode = self.cfg.eval.mode
         return mode if mode != "auto" else ("min" if metric in self.minimize else "max")
@@ -92,6 +97,16 @@ class Task:
     # ---------------------------------------------------------------- inference
     def decode(self, logits: torch.Tensor, top_k: Optional[int]) -> list[dict]:
         raise NotImplementedError
+
+    def decode_batches(self, ex: Examples, batches: Iterable[tuple[torch.Tensor, dict]], order: list[int],
+                       top_k: Optional[int]) -> list[dict]:
+        """One output per input from the predict loader's (logits, batch) pairs; `order` maps the (length-sorted)
+        dataset rows back to inputs. Tasks whose rows are not one per input (token windows) override this."""
+        outputs = [out for logits, _ in batches for out in self.decode(logits, top_k)]
+        result: list[dict] = [{}] * len(outputs)
+        for i, out in zip(order, outputs):
+            result[i] = out
+        return result
 
     def state(self) -> dict:
         """What predict needs besides the weights (saved in tuneforge.json)."""
