@@ -42,8 +42,21 @@ class ModelConfig(_Section):
 
 
 class AugmentConfig(_Section):
+    enabled: bool = True  # false: train images get the deterministic eval transform (enables the feature cache)
     crop_scale: tuple[float, float] = (0.08, 1.0)
     hflip: bool = True
+    policy: Literal["none", "randaugment", "trivialaugment"] = "none"
+    magnitude: int = Field(9, ge=0, le=30)  # randaugment strength
+    mixup: float = Field(0.0, ge=0.0)  # Beta(alpha, alpha); 0 = off
+    cutmix: float = Field(0.0, ge=0.0)
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0)  # probability
+
+
+class LoraConfig(_Section):
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: Optional[list[str]] = None  # None: peft's default for the architecture
 
 
 class DataConfig(_Section):
@@ -69,11 +82,23 @@ class DataConfig(_Section):
     num_workers: int = Field(0, ge=0)
     cache_images_mb: int = Field(4096, ge=0)  # decoded-image cache bound; 0 = decode every time
     on_bad_sample: Literal["error", "skip"] = "error"
+    # class imbalance: auto picks class_weights once max/min class count reaches imbalance_threshold
+    imbalance: Literal["auto", "class_weights", "resample", "focal", "none"] = "auto"
+    imbalance_threshold: float = Field(3.0, ge=1.0)
+    labels: Optional[list[str]] = None  # the full label set, when train may lack some classes
+    allow_empty_classes: bool = False  # a class with no training example is fatal unless allowed
 
 
 class TrainConfig(_Section):
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(5e-5, gt=0.0)
+    lr: Union[float, Literal["auto"]] = 5e-5  # auto: run the LR range test first and use its suggestion
+
+    @field_validator("lr")
+    @classmethod
+    def _lr_positive(cls, v: Any) -> Any:
+        if v != "auto" and v <= 0:
+            raise ValueError("Input should be greater than 0, or 'auto' for the LR range test")
+        return v
     weight_decay: float = Field(0.01, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only
     betas: tuple[float, float] = (0.9, 0.999)
@@ -81,6 +106,13 @@ class TrainConfig(_Section):
     head_lr: Optional[float] = Field(None, gt=0.0)  # LR for the new head; None = train.lr
     layer_decay: Optional[float] = Field(None, gt=0.0, le=1.0)  # layer-wise LR decay: lr × decay^(depth from top)
     freeze_norm_stats: bool = False  # keep BatchNorm running stats fixed (small image sets)
+    freeze: Union[Literal["backbone"], list[str], None] = None  # "backbone" (all but the new head) or name globs
+    freeze_embeddings: bool = False  # freeze the input word-embedding matrix (text; less optimizer work)
+    head_epochs: float = Field(0.0, ge=0.0)  # fastai-style fine_tune: head-only epochs first, then unfreeze
+    gradual_unfreeze: bool = False  # after the head phase, unfreeze one layer group per epoch, top down
+    lora: Optional[LoraConfig] = None
+    ema: Optional[float] = Field(None, gt=0.0, lt=1.0)  # EMA decay of weights used for eval and the kept model
+    feature_cache: bool = True  # frozen backbone + deterministic inputs: compute features once, train the head
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     warmup_steps: Optional[int] = Field(None, ge=0)  # overrides warmup_ratio
     epochs: float = Field(3, gt=0)
@@ -91,6 +123,9 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 0
     threads: Optional[int] = Field(None, gt=0)  # torch intra-op threads; None = all cores
+    # non-finite loss / gradients: stop with an error, skip the update, or reload the last checkpoint at a lower LR
+    nan_policy: Literal["stop", "skip", "rollback"] = "stop"
+    nan_lr_factor: float = Field(0.5, gt=0.0, lt=1.0)  # rollback: LR multiplier per rollback
 
 
 class EvalConfig(_Section):
@@ -132,6 +167,14 @@ class Config(_Section):
     @classmethod
     def _model_shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _compatible(self) -> "Config":
+        t = self.train
+        if t.lora is not None and (t.head_epochs > 0 or t.freeze == "backbone"):
+            raise ValueError("train.lora trains adapters on a frozen model; it cannot be combined with "
+                             "train.head_epochs or train.freeze: backbone")
+        return self
 
     @model_validator(mode="after")
     def _need_data(self) -> "Config":

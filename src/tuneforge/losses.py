@@ -14,6 +14,9 @@ LOSSES: Registry[Callable] = Registry("loss")
 @LOSSES.register("cross_entropy")
 def cross_entropy(task_cfg, weights: Optional[torch.Tensor] = None):
     def fn(logits, targets):
+        if targets.is_floating_point():  # soft targets (mixup / cutmix)
+            return F.cross_entropy(logits.float(), targets, weight=None if weights is None else
+                                   weights.to(logits.device), label_smoothing=task_cfg.label_smoothing)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                                weight=None if weights is None else weights.to(logits.device),
                                label_smoothing=task_cfg.label_smoothing, ignore_index=-100)

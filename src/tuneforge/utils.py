@@ -15,7 +15,8 @@ console = Console(stderr=True, highlight=False)
 
 
 class RunLog:
-    """Prints to stderr; once the run folder exists, also keeps everything in run_dir/train.log."""
+    """Prints to stderr and keeps everything in run_dir/train.log. Until the run folder exists (every check on
+    recipe, data and model has passed) lines are held back, so a user error prints as its one line alone."""
 
     def __init__(self, quiet: bool = False):
         self.lines: list[str] = []
@@ -23,16 +24,20 @@ class RunLog:
         self.quiet = quiet
 
     def __call__(self, msg: str) -> None:
+        if self.path is None:
+            self.lines.append(msg)
+            return
         if not self.quiet:
             console.print(msg, markup=False, soft_wrap=True)
-        if self.path:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(msg + "\n")
-        else:
-            self.lines.append(msg)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(msg + "\n")
 
-    def attach(self, path: Path) -> None:
-        path.write_text("".join(line + "\n" for line in self.lines), encoding="utf-8")
+    def attach(self, path: Path, append: bool = False) -> None:
+        if not self.quiet:
+            for line in self.lines:
+                console.print(line, markup=False, soft_wrap=True)
+        with path.open("a" if append else "w", encoding="utf-8") as f:  # append: a resumed run keeps its log
+            f.write("".join(line + "\n" for line in self.lines))
         self.path = path
 
 

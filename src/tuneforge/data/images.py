@@ -117,16 +117,44 @@ class ImageCache:
         return arr if arr is not None else decode_image(img, self.short_side)
 
 
-def build_transforms(image_cfg: dict, size: int, train: bool, crop_scale=(0.08, 1.0), hflip=True):
+def build_transforms(image_cfg: dict, size: int, train: bool, aug=None):
+    """Train: random-resized crop, flip, optional RandAugment / TrivialAugment and random erasing (`aug` is
+    data.augment). Eval (and train with aug.enabled false): resize + centre crop. Both normalise with the
+    model source's mean / std."""
     interp = InterpolationMode.BICUBIC if image_cfg.get("interpolation") == "bicubic" else InterpolationMode.BILINEAR
     norm = [T.ToDtype(torch.float32, scale=True), T.Normalize(image_cfg["mean"], image_cfg["std"])]
-    if train:
-        steps = [T.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=interp, antialias=True)]
-        if hflip:
+    if train and aug is not None and aug.enabled:
+        steps = [T.RandomResizedCrop(size, scale=tuple(aug.crop_scale), interpolation=interp, antialias=True)]
+        if aug.hflip:
             steps.append(T.RandomHorizontalFlip())
-        return T.Compose(steps + norm)
+        # geometric ops of the policies support only nearest / bilinear on tensors
+        if aug.policy == "randaugment":
+            steps.append(T.RandAugment(magnitude=aug.magnitude, interpolation=InterpolationMode.BILINEAR))
+        elif aug.policy == "trivialaugment":
+            steps.append(T.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR))
+        tail = [T.RandomErasing(p=aug.random_erasing)] if aug.random_erasing > 0 else []
+        return T.Compose(steps + norm + tail)
     resize = math.floor(size / image_cfg.get("crop_pct", 0.875))
     return T.Compose([T.Resize(resize, interpolation=interp, antialias=True), T.CenterCrop(size)] + norm)
+
+
+class MixCollate:
+    """Batch-level mixup / cutmix (torchvision v2): labels become soft targets for the loss."""
+
+    def __init__(self, aug, num_classes: int):
+        ops = []
+        if aug.mixup > 0:
+            ops.append(T.MixUp(alpha=aug.mixup, num_classes=num_classes))
+        if aug.cutmix > 0:
+            ops.append(T.CutMix(alpha=aug.cutmix, num_classes=num_classes))
+        self.op = ops[0] if len(ops) == 1 else T.RandomChoice(ops)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        from torch.utils.data import default_collate
+
+        batch = default_collate(rows)
+        batch["pixel_values"], batch["labels"] = self.op(batch["pixel_values"], batch["labels"])
+        return batch
 
 
 class ImageDataset(Dataset):

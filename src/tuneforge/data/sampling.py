@@ -11,12 +11,14 @@ from torch.utils.data import Sampler
 class EpochBatchSampler(Sampler[list[int]]):
     """Shuffled batches; with `lengths`, shuffled mega-batches sorted by length (little padding, still random).
 
-    Every index appears exactly once per epoch; the last batch may be short (nothing is dropped)."""
+    Every index appears exactly once per epoch (unless `weights` asks for resampling with replacement);
+    the last batch may be short (nothing is dropped)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, lengths: Optional[Sequence[int]] = None,
-                 mega_batch: int = 50, shuffle: bool = True):
+                 mega_batch: int = 50, shuffle: bool = True, weights: Optional[Sequence[float]] = None):
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
         self.lengths = lengths
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         self.mega = batch_size * mega_batch
         self.epoch = 0
         self.skip = 0  # batches already consumed in this epoch (mid-epoch resume)
@@ -29,7 +31,10 @@ class EpochBatchSampler(Sampler[list[int]]):
             order = list(range(self.n)) if self.lengths is None else sorted(range(self.n), key=lambda i: -self.lengths[i])
             return [order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
+        if self.weights is not None:  # resampling: n draws with replacement, in proportion to the weights
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        else:
+            order = torch.randperm(self.n, generator=g).tolist()
         if self.lengths is None:
             return [order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
         out: list[list[int]] = []

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from tuneforge.data.examples import Examples, sample, split
 from tuneforge.data.sources import read_split
-from tuneforge.errors import DataError
+from tuneforge.errors import ConfigError, DataError
 from tuneforge.losses import LOSSES
 from tuneforge.models.base import HeadSpec, ModelBundle
 from tuneforge.registry import Registry
@@ -26,6 +26,7 @@ class Built:
     collate: Optional[Callable] = None
     lengths: Optional[list[int]] = None  # per-example token counts, for length-grouped batching
     skipped: int = 0
+    sample_weights: Optional[list[float]] = None  # train only: draw examples with these weights (resampling)
 
 
 class Task:
@@ -72,6 +73,18 @@ class Task:
 
     def build(self, ex: Examples, bundle: ModelBundle, train: bool) -> Built:
         raise NotImplementedError
+
+    def class_counts(self, train: Examples) -> Optional[dict]:
+        """Examples per class in train (None: the task has no classes)."""
+        return None
+
+    def choose_imbalance(self, report: dict) -> str:
+        """Pick the imbalance remedy (data.imbalance); tasks with classes override this."""
+        mode = self.cfg.data.imbalance
+        if mode in ("class_weights", "resample", "focal"):
+            raise ConfigError(f"data.imbalance: {mode} needs class labels, and task '{self.name}' has none; "
+                              "use data.imbalance: none")
+        return "none"
 
     # ---------------------------------------------------------------- training
     def class_weights(self) -> Optional[torch.Tensor]:

@@ -6,9 +6,10 @@ from typing import Optional
 import torch
 
 from tuneforge.data.examples import Examples
-from tuneforge.data.images import ImageCache, ImageDataset, build_transforms
+from tuneforge.data.images import ImageCache, ImageDataset, MixCollate, build_transforms
 from tuneforge.data.text import PadCollator, TokenizedDataset, tokenize_texts
 from tuneforge.errors import DataError
+from tuneforge.losses import LOSSES
 from tuneforge.metrics import ClassificationMetrics
 from tuneforge.models.base import HeadSpec, ModelBundle
 from tuneforge.tasks.base import TASKS, Built, Task
@@ -41,8 +42,10 @@ def build_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, cache: Opt
                      lengths)
     size = cfg.data.image_size or bundle.image_cfg["input_size"][-1]
     aug = cfg.data.augment
-    transform = build_transforms(bundle.image_cfg, size, train, aug.crop_scale, aug.hflip)
-    return Built(ImageDataset(ex.inputs, labels, cache, transform, label_dtype))
+    transform = build_transforms(bundle.image_cfg, size, train, aug)
+    mixing = train and aug.enabled and (aug.mixup > 0 or aug.cutmix > 0) and label_dtype == torch.long
+    collate = MixCollate(aug, len(bundle.head.labels)) if mixing and labels is not None else None
+    return Built(ImageDataset(ex.inputs, labels, cache, transform, label_dtype), collate)
 
 
 @TASKS.register("classification")
@@ -63,6 +66,12 @@ class Classification(Task):
                     raise DataError(f"{where}: empty label in column '{self.cfg.data.label_column}'; "
                                     "every example needs a label")
         self.labels = _sorted_labels({_label_text(v) for v in train.labels})
+        given = self.cfg.data.labels
+        if given:  # the full label set, in the user's order; train may lack some of it
+            extra = [x for x in self.labels if x not in given]
+            if extra:
+                raise DataError(f"train has label(s) {', '.join(extra[:5])} that data.labels does not list")
+            self.labels = [str(x) for x in given]
         if len(self.labels) < 2:
             raise DataError(f"train has a single class ('{self.labels[0]}'); classification needs at least 2 "
                             "classes (check data.label_column)")
@@ -74,6 +83,46 @@ class Classification(Task):
 
     def head_spec(self) -> HeadSpec:
         return HeadSpec(len(self.labels), list(self.labels), "sequence", "single_label_classification")
+
+    # ---------------------------------------------------------------- imbalance
+    def class_counts(self, train: Examples) -> Optional[dict]:
+        counts = {name: 0 for name in self.labels}
+        for v in train.labels:
+            counts[_label_text(v)] += 1
+        return counts
+
+    def choose_imbalance(self, report: dict) -> str:
+        counts = report["class_counts"]
+        empty = [k for k, c in counts.items() if c == 0]
+        if empty:
+            msg = f"class(es) {', '.join(empty[:10])} have no training example"
+            if not self.cfg.data.allow_empty_classes:
+                raise DataError(f"{msg}; add examples, drop them from data.labels, or set "
+                                "data.allow_empty_classes: true")
+            self.log(f"data: warning: {msg} (allowed by data.allow_empty_classes)")
+        mode, ratio = self.cfg.data.imbalance, report["imbalance_ratio"]
+        if mode == "auto":
+            threshold = self.cfg.data.imbalance_threshold
+            mode = "class_weights" if ratio is not None and ratio >= threshold else "none"
+            why = (f"imbalance ratio {ratio} >= {threshold}: class-weighted loss keeps every example and "
+                   "needs no duplication" if mode != "none" else f"imbalance ratio {ratio} < {threshold}")
+            self.log(f"data.imbalance auto → {mode} ({why})")
+        self.remedy = mode
+        nonzero = {k: c for k, c in counts.items() if c > 0}
+        n, k = sum(nonzero.values()), len(nonzero)
+        # "balanced" weights n / (k * count): every class contributes equally to the loss / the sample
+        self._balanced = [n / (k * counts[name]) if counts[name] else 0.0 for name in self.labels]
+        return mode
+
+    def class_weights(self) -> Optional[torch.Tensor]:
+        if getattr(self, "remedy", "none") != "class_weights":
+            return None
+        return torch.tensor(self._balanced, dtype=torch.float32)
+
+    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        if self._loss is None and getattr(self, "remedy", "none") == "focal" and self.cfg.task.loss is None:
+            self._loss = LOSSES.get("focal")(self.cfg.task, None)
+        return super().loss(logits, batch)
 
     def label_ids(self, ex: Examples) -> Optional[list[int]]:
         if ex.labels is None:
@@ -99,8 +148,11 @@ class Classification(Task):
 
     def build(self, ex: Examples, bundle: ModelBundle, train: bool) -> Built:
         ex = self.prepare_images(ex, bundle)
-        built = build_inputs(ex, bundle, self.cfg, train, self.cache, self.label_ids(ex))
+        ids = self.label_ids(ex)
+        built = build_inputs(ex, bundle, self.cfg, train, self.cache, ids)
         built.skipped = len(ex.skipped)
+        if train and ids is not None and getattr(self, "remedy", "none") == "resample":
+            built.sample_weights = [self._balanced[i] for i in ids]  # each class drawn equally often
         return built
 
     def new_metrics(self):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from tuneforge.data.examples import Examples
-from tuneforge.errors import DataError
+from tuneforge.errors import ConfigError, DataError
 from tuneforge.models.base import HeadSpec, ModelBundle
 from tuneforge.tasks.base import TASKS, Built
 from tuneforge.tasks.classification import Classification, _label_text, build_inputs
@@ -158,6 +158,28 @@ class MultiLabel(Classification):
 
     def head_spec(self) -> HeadSpec:
         return HeadSpec(len(self.labels), list(self.labels), "sequence", "multi_label_classification")
+
+    def class_counts(self, train: Examples) -> Optional[dict]:
+        counts = {name: 0 for name in self.labels}
+        for labels in self.label_sets(train):
+            for label in labels:
+                counts[label] += 1
+        self._n_train = len(train)
+        return counts
+
+    def choose_imbalance(self, report: dict) -> str:
+        mode = self.cfg.data.imbalance
+        if mode in ("resample", "focal"):
+            raise ConfigError(f"data.imbalance: {mode} is for single-label classification; multilabel supports "
+                              "class_weights (BCE pos_weight), auto or none")
+        counts, ratio = report["class_counts"], report["imbalance_ratio"]
+        if mode == "auto":
+            mode = "class_weights" if ratio is not None and ratio >= self.cfg.data.imbalance_threshold else "none"
+            self.log(f"data.imbalance auto → {mode} (label frequency ratio {ratio})")
+        self.remedy = mode
+        # BCE pos_weight = negatives / positives per label: rare labels' positives count as much as their negatives
+        self._balanced = [(self._n_train - c) / c if c else 1.0 for c in counts.values()]
+        return mode
 
     def build(self, ex: Examples, bundle: ModelBundle, train: bool) -> Built:
         ex = self.prepare_images(ex, bundle)

@@ -10,7 +10,7 @@ import torch
 from tuneforge.data.examples import Examples
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.models.base import HeadSpec, ModelBundle
-from tuneforge.tasks.base import TASKS, Built
+from tuneforge.tasks.base import TASKS, Task, Built
 from tuneforge.tasks.classification import Classification, build_inputs
 
 REGRESSION_LOSSES = ("mse", "huber", "l1")
@@ -80,6 +80,11 @@ class Regression(Classification):
 
     def stratify_key(self, ex: Examples) -> Optional[list]:
         return None
+
+    def class_counts(self, train: Examples) -> Optional[dict]:
+        return None  # no classes: no class balance to report or correct
+
+    choose_imbalance = Task.choose_imbalance
 
     def targets(self, ex: Examples) -> list[float]:
         col = self.cfg.data.label_column

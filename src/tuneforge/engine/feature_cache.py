@@ -1,0 +1,117 @@
+"""Frozen-backbone feature cache: run the backbone once per example, then train only the head on stored features.
+
+Valid only when the backbone is frozen (it runs in eval mode) and the train inputs are deterministic; the
+key is a content hash of the backbone weights, the examples and the preprocessing, so any change misses."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tuneforge.engine.loop import _to_device, make_loader
+from tuneforge.tasks.base import Built
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TUNEFORGE_CACHE", Path.home() / ".cache" / "tuneforge")) / "features"
+
+
+def content_key(model: torch.nn.Module, head: str, examples, preprocess: dict) -> str:
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        if name == head or name.startswith(head + "."):
+            continue  # the head is what we train; it does not change the features
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for x in examples.inputs:
+        if isinstance(x, np.ndarray):
+            h.update(x.tobytes())
+        else:
+            h.update(repr(x).encode())
+            if isinstance(x, str) and os.path.isfile(x):
+                st = os.stat(x)
+                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(json.dumps(preprocess, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+class FeatureDataset(Dataset):
+    def __init__(self, features: np.ndarray, labels):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"features": torch.from_numpy(np.array(self.features[i], dtype=np.float32))}
+        if self.labels is not None:
+            item["labels"] = torch.as_tensor(self.labels[i])
+        return item
+
+
+class HeadOnly:
+    """Stands in for the ModelBundle during cached training: logits = head(features)."""
+
+    def __init__(self, bundle, head: str):
+        self.full, self.head_name = bundle, head
+        self.model = bundle.model.get_submodule(head)
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        return self.model(batch["features"])
+
+
+@torch.no_grad()
+def compute_features(bundle, head: str, built: Built, batch_size: int, accelerator) -> np.ndarray:
+    """Input of the head module for every example, in dataset order (forward pre-hook on the head)."""
+    captured: list[torch.Tensor] = []
+    hook = bundle.model.get_submodule(head).register_forward_pre_hook(
+        lambda mod, args: captured.append(args[0].detach().float().cpu()))
+    bundle.model.eval()
+    loader = make_loader(built, batch_size, False, 0)
+    order = [i for b in loader.batch_sampler.batches() for i in b]
+    try:
+        for batch in loader:
+            with accelerator.autocast():
+                bundle.logits(_to_device(batch, accelerator.device))
+    finally:
+        hook.remove()
+    feats = torch.cat(captured).numpy()
+    out = np.empty_like(feats)
+    out[order] = feats  # undo length-sorted batching
+    return out
+
+
+def cached_features(bundle, head: str, examples, built: Built, preprocess: dict, batch_size: int, accelerator,
+                    log=print) -> np.ndarray:
+    key = content_key(bundle.model, head, examples, preprocess)
+    path = cache_root() / f"{key}.npy"
+    if path.is_file():
+        log(f"feature cache: hit {path.name} ({len(examples)} examples)")
+        return np.load(path, mmap_mode="r", allow_pickle=False)  # memmap: bounded memory for large sets
+    feats = compute_features(bundle, head, built, batch_size, accelerator)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, feats, allow_pickle=False)
+    os.replace(tmp, path)
+    log(f"feature cache: stored {feats.shape[0]} x {feats.shape[1]} features ({feats.nbytes / 2**20:.1f} MB)")
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def labels_of(built: Built):
+    ds = built.dataset
+    if hasattr(ds, "features") and isinstance(ds.features, dict):
+        return ds.features.get("labels")
+    return getattr(ds, "labels", None)
+
+
+def feature_built(features: np.ndarray, built: Built) -> Built:
+    from torch.utils.data import default_collate
+
+    # same lengths → the same (length-grouped) batch order as uncached training
+    return Built(FeatureDataset(features, labels_of(built)), default_collate, built.lengths, built.skipped,
+                 built.sample_weights)

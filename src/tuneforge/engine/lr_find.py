@@ -1,0 +1,85 @@
+"""LR range test (Smith 2015, as in fastai): raise the LR exponentially for a few dozen steps, watch the loss."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+
+from tuneforge.engine.loop import _to_device
+from tuneforge.engine.optim import create_optimizer
+
+
+def lr_range_test(bundle, task, loader, tc, accelerator, plot_path: Path | None, log=print,
+                  start: float = 1e-7, end: float = 1.0, steps: int = 80) -> dict:
+    """Weights, optimizer and RNG are restored afterwards, so training starts exactly as it would have."""
+    model = bundle.model
+    saved = copy.deepcopy(model.state_dict())
+    rng = torch.get_rng_state()
+    optimizer = create_optimizer(model, tc.model_copy(update={"lr": start, "layer_decay": None, "head_lr": None}))
+    gamma = (end / start) ** (1 / max(steps - 1, 1))
+    lrs, losses, smooth, best = [], [], 0.0, math.inf
+    model.train()
+    batches = iter(loader)
+    for i in range(steps):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches)
+        lr = start * gamma ** i
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        batch = _to_device(batch, accelerator.device)
+        with accelerator.autocast():
+            loss = task.loss(bundle.logits(batch), batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        smooth = 0.9 * smooth + 0.1 * value if i else value  # the first value seeds the average: no bias
+        lrs.append(lr)
+        losses.append(smooth)
+        best = min(best, smooth)
+        if not math.isfinite(value) or smooth > 4 * best:
+            break
+    model.load_state_dict(saved)
+    torch.set_rng_state(rng)
+    suggested = _suggest(lrs, losses)
+    if plot_path is not None:
+        _plot(lrs, losses, suggested, plot_path)
+    log(f"lr-find: {len(lrs)} steps from {start:g} to {lrs[-1]:.3g}; suggested lr {suggested:.3g} "
+        f"(steepest descent of the smoothed loss){f'; plot {plot_path}' if plot_path else ''}")
+    return {"lrs": lrs, "losses": losses, "suggested_lr": suggested}
+
+
+def _suggest(lrs: list[float], losses: list[float]) -> float:
+    """The LR where the smoothed loss falls fastest (per log-LR), searched before the minimum."""
+    if len(lrs) < 5:
+        return lrs[0]
+    stop = min(range(len(losses)), key=losses.__getitem__)
+    stop = max(stop, 3)
+    grads = [(losses[i + 1] - losses[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1])) for i in
+             range(1, stop)]
+    i = min(range(len(grads)), key=grads.__getitem__) + 1
+    return float(lrs[i])
+
+
+def _plot(lrs, losses, suggested, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses)
+    ax.axvline(suggested, color="red", linestyle="--", label=f"suggested {suggested:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed training loss")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

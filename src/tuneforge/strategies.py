@@ -1,0 +1,174 @@
+"""Limited-compute strategies: freezing (patterns, backbone, embeddings), LoRA via peft, weight EMA."""
+from __future__ import annotations
+
+import copy
+import fnmatch
+from contextlib import contextmanager
+from typing import Optional
+
+import torch
+from torch import nn
+
+from tuneforge.errors import ConfigError
+
+
+HEAD_MODULES = ("classifier", "score", "fc", "head", "heads", "qa_outputs")
+
+
+def head_names(bundle) -> set[str]:
+    """Parameters of the head: the newly initialised ones, or (when the checkpoint already had a head of the
+    right size) the model's output layer."""
+    model = bundle.model
+    own = {n for n, _ in model.named_parameters()}
+    new = {n for n in bundle.new_params if n in own}
+    if new:
+        return new
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    for name in ([cfg["classifier"]] if cfg.get("classifier") else []) + list(HEAD_MODULES):
+        hit = {n for n in own if n.startswith(name + ".")}
+        if hit:
+            return hit
+    return set()
+
+
+def head_module_name(bundle) -> Optional[str]:
+    """The module that holds every new-head parameter (e.g. `classifier`), or None when there is no single one."""
+    names = sorted(head_names(bundle))
+    if not names:
+        return None
+    parts = [n.split(".")[:-1] for n in names]
+    common = parts[0]
+    for p in parts[1:]:
+        i = 0
+        while i < min(len(common), len(p)) and common[i] == p[i]:
+            i += 1
+        common = common[:i]
+    return ".".join(common) or None
+
+
+def apply_freeze(bundle, tcfg, log=print) -> None:
+    """train.freeze: "backbone" (everything but the new head) or glob patterns over parameter / module names."""
+    model = bundle.model
+    params = dict(model.named_parameters())
+    if tcfg.freeze == "backbone":
+        head = head_names(bundle)
+        if not head:
+            raise ConfigError("train.freeze: backbone needs a new head, but every tensor came from the checkpoint")
+        for n, p in params.items():
+            p.requires_grad_(n in head)
+    elif tcfg.freeze:
+        for pattern in tcfg.freeze:
+            hits = [n for n in params if fnmatch.fnmatch(n, pattern) or n.startswith(pattern.rstrip(".*") + ".")]
+            if not hits:
+                sample = ", ".join(list(params)[:4])
+                raise ConfigError(f"train.freeze pattern '{pattern}' matches no parameter (names look like: {sample}, "
+                                  "...); fix the pattern")
+            for n in hits:
+                params[n].requires_grad_(False)
+    if tcfg.freeze_embeddings:
+        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        if emb is None:
+            raise ConfigError("train.freeze_embeddings: this model has no input word embeddings (text models only)")
+        emb.weight.requires_grad_(False)
+
+
+def unfreeze_all(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+
+def backbone_frozen(bundle) -> bool:
+    head = head_names(bundle)
+    return bool(head) and all(p.requires_grad == (n in head) for n, p in bundle.model.named_parameters())
+
+
+def set_train_mode(model: nn.Module, freeze_norm_stats: bool = False, head: Optional[str] = None) -> None:
+    """Train mode, except: with a frozen backbone (`head` given) only the head trains and the backbone runs as in
+    eval (no dropout, fixed BatchNorm statistics) - which is also what makes cached features exact; fully frozen
+    sub-modules run in eval; and with freeze_norm_stats BatchNorm keeps its pretrained statistics."""
+    if head:
+        model.eval()
+        model.get_submodule(head).train()
+        return
+    model.train()
+    for m in model.modules():
+        own = list(m.parameters())
+        if (own and not any(p.requires_grad for p in own)) or (
+                freeze_norm_stats and isinstance(m, nn.modules.batchnorm._BatchNorm)):
+            m.eval()
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+def _default_targets(model: nn.Module, head: Optional[str]) -> Optional[list[str]]:
+    """peft knows transformers architectures (None = its default); for timm and torchvision models, adapt every
+    Linear and 1x1 / grouped-free Conv2d outside the head."""
+    if hasattr(model, "config") and hasattr(model.config, "model_type"):
+        return None
+    names = set()
+    for name, m in model.named_modules():
+        if head and (name == head or name.startswith(head + ".")):
+            continue
+        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1):
+            names.add(name.split(".")[-1])
+    return sorted(names)
+
+
+def apply_lora(bundle, lcfg, log=print) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    head = head_module_name(bundle)
+    targets = lcfg.target_modules or _default_targets(bundle.model, head)
+    kind = {"sequence": "SEQ_CLS", "token": "TOKEN_CLS", "causal_lm": "CAUSAL_LM"}.get(bundle.head.kind)
+    is_hf = hasattr(bundle.model, "config") and hasattr(bundle.model.config, "model_type")
+    config = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout, target_modules=targets,
+                        modules_to_save=[head] if head else None, task_type=kind if is_hf else None)
+    try:
+        bundle.model = get_peft_model(bundle.model, config)
+    except (ValueError, KeyError) as e:
+        msg = str(e).splitlines()[0][:200]
+        raise ConfigError(f"train.lora.target_modules: {msg}; set module names that exist in the model") from None
+    trainable, total = bundle.model.get_nb_trainable_parameters()
+    log(f"lora: r={lcfg.r} alpha={lcfg.alpha} on {targets or 'peft default modules'}; "
+        f"{trainable:,} of {total:,} parameters train")
+
+
+def merge_lora(bundle, adapter_dir=None) -> None:
+    """Save the adapter on its own (if asked), then merge it so model/ loads without peft."""
+    from peft import PeftModel
+
+    if not isinstance(bundle.model, PeftModel):
+        return
+    if adapter_dir is not None:
+        bundle.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    bundle.model = bundle.model.merge_and_unload()
+    bundle.new_params = []
+
+
+# ---------------------------------------------------------------- EMA
+
+
+class WeightEMA:
+    """Exponential moving average of the trainable weights (and buffers), swapped in for evaluation."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v, 1.0 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    @contextmanager
+    def applied(self, model: nn.Module):
+        backup = copy.deepcopy(model.state_dict())
+        model.load_state_dict(self.shadow)
+        try:
+            yield
+        finally:
+            model.load_state_dict(backup)
