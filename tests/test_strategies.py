@@ -163,3 +163,14 @@ def test_layer_decay_gives_lower_lr_to_lower_layers(tiny_bert_dir):
     emb = lr_of[id(named["bert.embeddings.word_embeddings.weight"])]
     top = lr_of[id(named["bert.encoder.layer.1.attention.self.query.weight"])]
     assert emb < top < 1e-3 + 1e-12 and lr_of[id(named["classifier.weight"])] == 1e-2
+
+
+def test_lr_find_command_writes_plot_and_suggestion(text_recipe, tmp_path):
+    import yaml
+
+    from tuneforge.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(text_recipe()))
+    assert main(["lr-find", str(recipe), "--output", str(tmp_path / "lr.png"), "--quiet"]) == 0
+    assert (tmp_path / "lr.png").stat().st_size > 1000

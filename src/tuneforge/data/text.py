@@ -1,7 +1,13 @@
 """Text → token ids once per dataset (cached in memory), dynamic padding per batch."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Optional, Sequence
+
+import numpy as np
 
 import torch
 from torch.utils.data import Dataset
@@ -21,9 +27,50 @@ class TokenizedDataset(Dataset):
         return {k: v[i] for k, v in self.features.items()}
 
 
+FIELDS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _cache_path(tokenizer, texts, pairs, max_length) -> Path:
+    h = hashlib.sha256(f"{type(tokenizer).__name__}|{tokenizer.name_or_path}|{len(tokenizer)}|{max_length}".encode())
+    if hasattr(tokenizer, "backend_tokenizer"):  # the full pipeline, minus the truncation/padding state
+        spec = json.loads(tokenizer.backend_tokenizer.to_str())  # that calls with truncation=True change
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+    else:
+        spec = sorted(tokenizer.get_vocab().items())
+    h.update(json.dumps(spec, sort_keys=True).encode())
+    for t in texts:
+        h.update(t.encode() + b"\0")
+    for t in pairs or []:
+        h.update(t.encode() + b"\0")
+    root = Path(os.environ.get("TUNEFORGE_CACHE", Path.home() / ".cache" / "tuneforge"))
+    return root / "tokens" / f"{h.hexdigest()[:32]}.npz"
+
+
 def tokenize_texts(tokenizer, texts: list[str], pairs: Optional[list[str]], max_length: int) -> dict[str, list]:
+    """Tokenized once per dataset: the result is cached on disk (flat int arrays, no pickle), keyed by a hash of
+    the tokenizer, the texts and max_length, so a rerun or a second phase skips tokenization."""
+    path = _cache_path(tokenizer, texts, pairs, max_length)
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("offsets",) + FIELDS if k in z}  # each z[k] reads the file again
+            bounds = arrays.pop("offsets").tolist()
+            return {k: [a[i:j].tolist() for i, j in zip(bounds, bounds[1:])] for k, a in arrays.items()}
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache entry: tokenize again
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
-    return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+    out = {k: enc[k] for k in FIELDS if k in enc}
+    offsets = np.cumsum([0] + [len(x) for x in out["input_ids"]])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, offsets=offsets, **{k: np.fromiter((t for row in v for t in row), dtype=np.int32)
+                                          for k, v in out.items()})
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home is no reason to fail
+    return out
 
 
 class PadCollator:
