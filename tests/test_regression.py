@@ -162,3 +162,58 @@ def test_image_regression(tmp_path, timm_weights_file):
     run = tuneforge.train(r, output=str(tmp_path / "run"), quiet=True)
     out = Predictor(run.run_dir, log=quiet).predict([str(tmp_path / "val0.png")])
     assert np.isfinite(run.metrics["mse"]) and isinstance(out[0]["value"], float)
+
+
+def test_pair_swap_doubles_train_pairs_only(tiny_bert_dir, pair_dir):
+    from tuneforge.models import create_model
+
+    cfg = load_config(recipe(tiny_bert_dir, pair_dir))
+    cfg.data.pair_swap = True
+    task = create_task(cfg, quiet)
+    train, val, _ = task.read_examples("text")
+    task.fit_labels(train, val)
+    bundle = create_model(cfg.model, task.head_spec(), log=quiet)
+    built, val_built = task.build(train, bundle, train=True), task.build(val, bundle, train=False)
+    assert len(built.dataset) == 2 * len(train) and len(val_built.dataset) == len(val)
+    a, b = built.dataset[0], built.dataset[len(train)]
+    sep = bundle.tokenizer.sep_token_id
+    first = a["input_ids"][1:a["input_ids"].index(sep)]
+    assert b["input_ids"][-len(first) - 1:-1] == first and a["labels"] == b["labels"]  # (b, a) with a's target
+
+
+def test_siamese_pairs_train_save_and_predict(tmp_path, tiny_bert_dir, pair_dir):
+    r = recipe(tiny_bert_dir, pair_dir, standardize=True)
+    r["model"]["pair_encoding"] = "siamese"
+    r["train"]["max_steps"] = 6
+    run = tuneforge.train(r, output=str(tmp_path / "run"), quiet=True)
+    assert (run.run_dir / "model" / "siamese_head.safetensors").is_file()
+    pred = Predictor(run.run_dir, log=quiet)
+    a, b = "the movie was good", "a film with a very long plot and great acting and music"
+    ab, ba = (o["value"] for o in pred.predict([(a, b), (b, a)]))
+    assert ab == pytest.approx(ba, abs=1e-4)  # each side encoded alone: the order does not matter
+    assert pred.evaluate(pair_dir / "dev.tsv")["mse"] == pytest.approx(run.metrics["mse"], rel=1e-6)
+
+
+def test_siamese_head_starts_as_cosine():
+    from transformers import BertConfig, BertModel
+
+    from tuneforge.models.siamese import SiamesePairModel
+
+    torch.manual_seed(0)
+    enc = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32))
+    model = SiamesePairModel(enc, 1).eval()
+    ids, mask = torch.tensor([[2, 7, 9, 3]]), torch.ones(1, 4, dtype=torch.long)
+    ids2, mask2 = torch.tensor([[2, 11, 3, 0]]), torch.tensor([[1, 1, 1, 0]])
+    with torch.no_grad():
+        out = model(ids, mask, ids2, mask2)
+        cos = torch.cosine_similarity(model.embed(ids, mask), model.embed(ids2, mask2))
+    assert out.item() == pytest.approx(cos.item(), abs=1e-6)
+
+
+def test_siamese_needs_pairs(tmp_path, tiny_bert_dir, text_data_dir):
+    r = {"task": "regression", "model": {"name": str(tiny_bert_dir), "pair_encoding": "siamese"},
+         "data": {"dir": str(text_data_dir), "text_column": "sentence"},
+         "train": {"max_steps": 1, "precision": "fp32", "threads": THREADS}, "output": {"progress": False}}
+    with pytest.raises(ConfigError, match="siamese needs text pairs"):
+        tuneforge.train(r, output=str(tmp_path / "run"), quiet=True)

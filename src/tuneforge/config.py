@@ -39,6 +39,9 @@ class ModelConfig(_Section):
     weights: Optional[str] = None  # local weights file for timm / torchvision
     pretrained: bool = True  # False: random init (tests, from-scratch baselines)
     trust_remote_code: bool = False
+    # text pairs: one joint sequence (cross-encoder), or each text encoded alone, mean-pooled and compared
+    # (siamese bi-encoder: suits sentence-embedding models such as minilm-l6)
+    pair_encoding: Literal["cross", "siamese"] = "cross"
 
 
 class AugmentConfig(_Section):
@@ -66,6 +69,7 @@ class DataConfig(_Section):
     val: Optional[str] = None
     text_column: Optional[str] = None  # None: guess (sentence, text, ...)
     text_pair_column: Optional[str] = None
+    pair_swap: bool = False  # order-free pairs (similarity, paraphrase): also train on (second, first)
     label_column: str = "label"
     label_delimiter: str = Field("|", min_length=1)  # multilabel: separator inside a string label cell
     image_column: str = "path"

@@ -86,11 +86,11 @@ class PadCollator:
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        width = max(len(r["input_ids"]) for r in rows)
         for key in rows[0]:
             values = [r[key] for r in rows]
             dtype = self.label_dtype if key == "labels" else torch.long
             if isinstance(values[0], (list, tuple)) and key in self.pad:
+                width = max(len(v) for v in values)  # per key: the two sides of a siamese pair differ
                 t = torch.full((len(rows), width), self.pad[key], dtype=dtype)
                 for i, v in enumerate(values):
                     t[i, :len(v)] = torch.as_tensor(v, dtype=dtype)

@@ -8,7 +8,7 @@ import torch
 from tuneforge.data.examples import Examples
 from tuneforge.data.images import ImageCache, ImageDataset, MixCollate, build_transforms
 from tuneforge.data.text import PadCollator, TokenizedDataset, tokenize_texts
-from tuneforge.errors import DataError
+from tuneforge.errors import ConfigError, DataError
 from tuneforge.losses import LOSSES
 from tuneforge.metrics import ClassificationMetrics
 from tuneforge.models.base import HeadSpec, ModelBundle
@@ -34,6 +34,11 @@ def build_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, cache: Opt
     if bundle.modality == "text":
         texts = [x[0] if isinstance(x, tuple) else x for x in ex.inputs]
         pairs = [x[1] for x in ex.inputs] if ex.inputs and isinstance(ex.inputs[0], tuple) else None
+        if train and pairs is not None and cfg.data.pair_swap:  # both orders: the model learns a symmetric score
+            texts, pairs = texts + pairs, pairs + texts
+            labels = None if labels is None else list(labels) + list(labels)
+        if getattr(bundle, "siamese", False):  # model.pair_encoding: siamese
+            return _siamese_inputs(bundle, texts, pairs, cfg, labels, label_dtype)
         features = tokenize_texts(bundle.tokenizer, texts, pairs, cfg.data.max_length)
         if labels is not None:
             features["labels"] = labels
@@ -46,6 +51,17 @@ def build_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, cache: Opt
     mixing = train and aug.enabled and (aug.mixup > 0 or aug.cutmix > 0) and label_dtype == torch.long
     collate = MixCollate(aug, len(bundle.head.labels)) if mixing and labels is not None else None
     return Built(ImageDataset(ex.inputs, labels, cache, transform, label_dtype), collate)
+
+
+def _siamese_inputs(bundle: ModelBundle, texts, pairs, cfg, labels, label_dtype) -> Built:
+    from tuneforge.models.siamese import pair_features
+
+    if pairs is None:
+        raise ConfigError("model.pair_encoding: siamese needs text pairs; set data.text_pair_column")
+    features, lengths, collate = pair_features(bundle.tokenizer, texts, pairs, cfg.data.max_length)
+    if labels is not None:
+        features["labels"] = labels
+    return Built(TokenizedDataset(features, lengths), collate(label_dtype), lengths)
 
 
 @TASKS.register("classification")
