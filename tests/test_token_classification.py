@@ -289,3 +289,13 @@ def test_examples_roundtrip_through_sampling(ner_dir):
     train, val, test = create_task(cfg, quiet).read_examples("text")
     assert len(train) == 10 and len(val) == 40 and len(test) == 30
     assert isinstance(train, Examples) and all(len(w) == len(t) for w, t in zip(train.inputs, train.labels))
+
+
+def test_eval_cli_prints_json_only(ner_run, ner_dir, capsys):
+    from tuneforge.cli import main
+
+    assert main(["eval", str(ner_run.run_dir), "--data", str(ner_dir / "valid.txt")]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)  # the data summary goes to stderr, not into the JSON
+    assert out["f1"] == ner_run.metrics["f1"] and set(out["per_type"]) == {"LOC", "ORG", "PER"}
+    assert "40 sentences" in captured.err

@@ -8,13 +8,21 @@ __version__ = "0.1.0"
 
 
 def train(recipe: str | Path | dict, output: str | None = None, overwrite: bool = False, quiet: bool = False,
-          **overrides: Any):
+          resume: bool = False, **overrides: Any):
     """Train from a recipe path or dict. Overrides use `__` for dots: `train(r, train__lr=3e-5)`.
+    resume=True continues the run already in `output` from its latest checkpoint (or starts it).
 
     Returns a RunResult with `.metrics` (final eval of the kept model), `.summary` and `.run_dir`."""
     from tuneforge.run import train as _train
 
-    return _train(recipe, overrides, output=output, overwrite=overwrite, quiet=quiet)
+    return _train(recipe, overrides, output=output, overwrite=overwrite, resume=resume, quiet=quiet)
 
 
-__all__ = ["train", "__version__"]
+def resume(run_dir: str | Path, quiet: bool = False):
+    """Continue an interrupted run from its latest complete checkpoint (bit-identical to an uninterrupted run)."""
+    from tuneforge.run import resume as _resume
+
+    return _resume(run_dir, quiet=quiet)
+
+
+__all__ = ["train", "resume", "__version__"]

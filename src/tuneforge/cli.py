@@ -1,10 +1,11 @@
-"""`tuneforge train | eval | predict`: user errors become one line on stderr and exit code 2."""
+"""`tuneforge train | resume | eval | predict`: user errors become one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from tuneforge.errors import TuneforgeError
@@ -20,11 +21,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a recipe value, e.g. --set train.lr=3e-5 (repeatable)")
     t.add_argument("--output", help="run folder (default: runs/<recipe>-<time>)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its latest checkpoint (or start it if the folder is empty)")
     t.add_argument("--quiet", action="store_true")
+
+    r = sub.add_parser("resume", help="continue an interrupted run from its latest checkpoint")
+    r.add_argument("run_dir")
+    r.add_argument("--quiet", action="store_true")
 
     e = sub.add_parser("eval", help="evaluate a trained run on labelled data")
     e.add_argument("run_dir")
     e.add_argument("--data", required=True, help="a labelled file or image folder, like the validation data")
+    e.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
 
     pr = sub.add_parser("predict", help="predict with a trained run; writes JSON lines")
     pr.add_argument("run_dir")
@@ -34,32 +42,64 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--input", help="a file of inputs (table, .txt one per line, or a folder of images)")
     pr.add_argument("--text-pair", help="second text, for sentence-pair models")
     pr.add_argument("--top-k", type=int, default=None)
+    pr.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
     pr.add_argument("--output", help="write the JSON lines here instead of stdout")
     return p
+
+
+def _print_result(result) -> None:
+    print(json.dumps({"run_dir": str(result.run_dir), "metric": result.summary["metric"],
+                      **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}))
 
 
 def _cmd_train(a) -> None:
     from tuneforge.run import train
 
-    result = train(a.recipe, a.overrides, output=a.output, overwrite=a.overwrite, quiet=a.quiet)
-    print(json.dumps({"run_dir": str(result.run_dir), "metric": result.summary["metric"],
-                      **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}))
+    _print_result(train(a.recipe, a.overrides, output=a.output, overwrite=a.overwrite, resume=a.resume,
+                        quiet=a.quiet))
+
+
+def _cmd_resume(a) -> None:
+    from tuneforge.run import resume
+
+    _print_result(resume(a.run_dir, quiet=a.quiet))
+
+
+def _predictor(a):
+    from tuneforge.predict import Predictor
+
+    if a.batch_size is not None and a.batch_size < 1:
+        raise TuneforgeError(f"--batch-size must be at least 1 (got {a.batch_size})")
+    return Predictor(a.run_dir, batch_size=a.batch_size)
+
+
+@contextmanager
+def _oom_hint(pred):
+    """Out of memory → a batch size to try (train does the same inside tuneforge.run.train)."""
+    from tuneforge.engine.guards import ResourceError, is_oom
+
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not is_oom(e):
+            raise
+        raise ResourceError(f"out of memory at batch size {pred.batch_size}; try --batch-size "
+                            f"{max(1, pred.batch_size // 2)}") from None
 
 
 def _cmd_eval(a) -> None:
     from tuneforge.metrics import scalars
-    from tuneforge.predict import Predictor
 
-    metrics = Predictor(a.run_dir).evaluate(a.data)
+    pred = _predictor(a)
+    with _oom_hint(pred):
+        metrics = pred.evaluate(a.data)
     per_type = {"per_type": metrics["per_type"]} if "per_type" in metrics else {}  # NER: per entity type
     print(json.dumps({**scalars(metrics), "per_class": metrics.get("per_class"),
                       "confusion_matrix": metrics.get("confusion_matrix"), **per_type}))
 
 
 def _cmd_predict(a) -> None:
-    from tuneforge.predict import Predictor
-
-    pred = Predictor(a.run_dir)
+    pred = _predictor(a)
     if a.text:
         if pred.modality != "text":
             raise TuneforgeError(f"--text given, but {a.run_dir} is an {pred.modality} model; use --image or --input")
@@ -72,21 +112,25 @@ def _cmd_predict(a) -> None:
         inputs = pred.read_inputs(a.input)
     if not inputs:
         raise TuneforgeError("no inputs to predict")
-    out = open(a.output, "w", encoding="utf-8") if a.output else sys.stdout
+    with _oom_hint(pred):
+        outputs = pred.predict(inputs, a.top_k)
+    lines = [json.dumps({"input": list(x) if isinstance(x, tuple) else x, **y}, ensure_ascii=False) + "\n"
+             for x, y in zip(inputs, outputs)]
+    if not a.output:
+        sys.stdout.write("".join(lines))
+        return
     try:
-        for x, y in zip(inputs, pred.predict(inputs, a.top_k)):
-            shown = list(x) if isinstance(x, tuple) else x
-            out.write(json.dumps({"input": shown, **y}, ensure_ascii=False) + "\n")
-    finally:
-        if a.output:
-            out.close()
+        Path(a.output).write_text("".join(lines), encoding="utf-8")
+    except OSError as e:
+        raise TuneforgeError(f"--output '{a.output}' cannot be written ({e.strerror})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict}[args.command](args)
+        {"train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval,
+         "predict": _cmd_predict}[args.command](args)
     except TuneforgeError as e:
         print(f"tuneforge: error: {e}", file=sys.stderr)
         return e.exit_code

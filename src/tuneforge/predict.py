@@ -18,13 +18,14 @@ from tuneforge.tasks import task_from_saved
 
 
 class Predictor:
-    def __init__(self, run_dir: str | Path, log=print):
+    def __init__(self, run_dir: str | Path, log=print, batch_size: Optional[int] = None):
         self.bundle, meta = load_saved_model(run_dir)
         self.cfg = validate(meta["config"], f"{run_dir} (saved config)")
         self.task = task_from_saved(self.cfg, meta["task_state"], log)
         self.accelerator = _accelerator(meta.get("precision", "fp32"))
         self.bundle.model.to(self.accelerator.device).eval()
         self.log = log
+        self.batch_size = batch_size or self.cfg.eval.batch_size or 2 * self.cfg.train.batch_size
 
     @property
     def modality(self) -> str:
@@ -32,8 +33,7 @@ class Predictor:
 
     def _loader(self, ex: Examples):
         built = self.task.build(ex, self.bundle, train=False)
-        bs = self.cfg.eval.batch_size or 2 * self.cfg.train.batch_size
-        return make_loader(built, bs, False, self.cfg.train.seed)
+        return make_loader(built, self.batch_size, False, self.cfg.train.seed)
 
     def evaluate(self, data_path: str | Path) -> dict:
         path = Path(data_path).expanduser()

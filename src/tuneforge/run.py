@@ -2,22 +2,22 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
 from tuneforge.config import Config, load_config, to_yaml
 from tuneforge.engine.callbacks import CallbackList, EarlyStopping, MetricsLogger, ProgressBar, TrainState
-from tuneforge.engine.checkpoint import Checkpointer, load_weights
+from tuneforge.engine import chaos
+from tuneforge.engine.checkpoint import Checkpointer, atomic_write_text, load_weights, publish_dir
+from tuneforge.engine.guards import NanGuard
 from tuneforge.engine.loop import Components, evaluate, fit, make_loader, steps_per_epoch
 from tuneforge.engine.optim import create_optimizer, create_scheduler, total_steps
+from tuneforge.engine.resume import Resumer, RunContext, open_run_dir, user_errors
 from tuneforge.errors import ConfigError
 from tuneforge.metrics import scalars
 from tuneforge.models import MODEL_SOURCES, create_model, save_model
-from tuneforge.models.base import write_json
 from tuneforge.models import resolve_source
 from tuneforge.tasks import create_task
 from tuneforge.utils import (RunLog, console, count_params, peak_rss_mb, resolve_precision, seed_everything,
@@ -34,26 +34,6 @@ class RunResult:
         return f"RunResult(run_dir='{self.run_dir}', metrics={scalars(self.metrics)})"
 
 
-def make_run_dir(cfg: Config, output: Optional[str], overwrite: bool) -> Path:
-    if output or cfg.output.dir:
-        run_dir = Path(output or cfg.output.dir).expanduser()
-    else:
-        run_dir = Path("runs") / f"{cfg.output.name or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"output folder '{run_dir}' already exists and is not empty; "
-                              "pass --overwrite to replace it or --output to choose another")
-        shutil.rmtree(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / ".write-test").touch()
-        (run_dir / ".write-test").unlink()
-    except OSError as e:
-        raise ConfigError(f"output folder '{run_dir}' cannot be written ({e.strerror}); "
-                          "choose another with --output or output.dir") from None
-    return run_dir
-
-
 def _accelerator(precision: str):
     from accelerate import Accelerator
 
@@ -62,9 +42,25 @@ def _accelerator(precision: str):
 
 
 def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | None = None, *,
-          output: Optional[str] = None, overwrite: bool = False, quiet: bool = False) -> RunResult:
+          output: Optional[str] = None, overwrite: bool = False, resume: bool = False,
+          quiet: bool = False) -> RunResult:
+    """resume=True continues the run in the output folder from its latest checkpoint (or starts it)."""
+    ctx = RunContext()
+    with user_errors(ctx):  # out-of-memory → a batch size to try; no half-written run folder after an error
+        return _train(ctx, recipe, overrides, output, overwrite, resume, quiet)
+
+
+def resume(run_dir: str | Path, quiet: bool = False) -> RunResult:
+    """Continue a run from its latest complete checkpoint, with the config it was started with."""
+    path = Path(run_dir).expanduser()
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"cannot resume '{path}': not a tuneforge run folder (no config.yaml)")
+    return train(path / "config.yaml", output=str(path), resume=True, quiet=quiet)
+
+
+def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: bool, quiet: bool) -> RunResult:
     log = RunLog(quiet)
-    cfg = load_config(recipe, overrides)
+    cfg = ctx.cfg = load_config(recipe, overrides)
     threads = set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     precision = resolve_precision(cfg.train.precision)
@@ -83,9 +79,14 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
         f"labels: {', '.join(task.labels[:12])}{' ...' if len(task.labels) > 12 else ''}")
 
     # 2. the run folder
-    run_dir = make_run_dir(cfg, output, overwrite)
-    log.attach(run_dir / "train.log")
-    (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    folder = ctx.folder = open_run_dir(cfg, output, overwrite, resume)
+    run_dir = folder.path
+    if folder.finished:
+        log(f"{run_dir} already finished (summary.json); nothing to resume")
+        return RunResult(run_dir, read_summary(run_dir)["eval"], read_summary(run_dir))
+    log.attach(run_dir / "train.log", append=not folder.created)
+    if folder.created:
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
 
     # 3. loop components
     seed_everything(cfg.train.seed)  # model init above consumed RNG differently per source
@@ -106,21 +107,26 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
 
     metric = cfg.eval.metric or task.default_metric
     mode = task.metric_mode(metric)
-    checkpointer = Checkpointer(run_dir, lambda: accelerator.unwrap_model(bundle.model).state_dict(),
-                                cfg.output.keep_checkpoints)
+    checkpointer = ctx.checkpointer = Checkpointer(run_dir, cfg.output.keep_checkpoints)
+    guard = NanGuard(tc.nan_policy, tc.nan_lr_factor, check_grads=accelerator.scaler is None, log=log)
+    resumer = Resumer(folder, checkpointer, guard, cfg, bundle.model, log)
     es = cfg.early_stopping
-    callbacks = [MetricsLogger(run_dir, log), checkpointer,
-                 EarlyStopping(metric, mode, es.patience, es.min_delta, es.target, es.enabled)]
+    stopper = EarlyStopping(metric, mode, es.patience, es.min_delta, es.target, es.enabled)
+    callbacks = [MetricsLogger(run_dir, log), stopper, checkpointer]  # checkpointer last: it saves the others
+    if chaos.enabled():
+        callbacks.append(chaos.ChaosPoints())
     if cfg.output.progress and not quiet:
         callbacks.append(ProgressBar(console))
     c = Components(bundle=bundle, task=task, train_loader=train_loader, val_loader=val_loader,
                    optimizer=optimizer, scheduler=scheduler, accelerator=accelerator,
                    callbacks=CallbackList(callbacks), grad_accum=tc.grad_accum, grad_clip=tc.grad_clip,
                    eval_every=cfg.eval.every_steps, metric=metric, mode=mode,
-                   freeze_norm_stats=tc.freeze_norm_stats)
+                   freeze_norm_stats=tc.freeze_norm_stats, nan_guard=guard)
 
     # 4. train
-    state = fit(c, TrainState(total_steps=steps))
+    state = TrainState(total_steps=steps)
+    resumer.start(c, state, 0, stopper)  # restores the checkpoint of a resumed run (RNG last)
+    state = fit(c, state)
     log(f"stopped: {state.stop_reason or 'finished'}; best {metric} {state.best_metric:.4f} at step {state.best_step}")
 
     # 5. keep the best model, evaluate it, write model/ and summary.json
@@ -134,8 +140,10 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
         test = evaluate(bundle, task, make_loader(test_built, cfg.eval.batch_size or 2 * tc.batch_size, False,
                                                   tc.seed, cfg.data.num_workers), accelerator)
         log("test: " + " ".join(f"{k} {v:.4f}" for k, v in scalars(test).items() if k != "samples"))
-    save_model(bundle, run_dir / "model", {"task_state": task.state(), "precision": precision,
-                                           "config": cfg.model_dump(mode="json")})
+    tmp_model = run_dir / ".model.tmp"  # model/ appears complete or not at all
+    save_model(bundle, tmp_model, {"task_state": task.state(), "precision": precision,
+                                   "config": cfg.model_dump(mode="json")})
+    publish_dir(tmp_model, run_dir / "model")
     summary = {
         "eval": final,
         "test": test,
@@ -144,7 +152,8 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
         "best_metric": state.best_metric,
         "stop_reason": state.stop_reason,
         "steps": state.step,
-        "epochs": round(state.epoch + (state.batch_in_epoch / max(len(train_loader.batch_sampler), 1)), 4),
+        "epochs": round(state.epoch + state.batch_in_epoch / max(len(train_loader.batch_sampler)
+                                                                 + train_loader.batch_sampler.skip, 1), 4),
         "train_seconds": round(state.wall_seconds, 3),
         "samples_seen": state.samples_seen,
         "samples_per_second": round(state.samples_seen / max(state.wall_seconds, 1e-9), 2),
@@ -153,12 +162,14 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
         "precision": precision,
         "threads": threads,
         "params": params,
+        "nan_guard": guard.summary(),
+        "resumed_from_step": resumer.resumed_from,
         "data": {"train": len(train_built.dataset), "val": len(val_built.dataset),
                  "skipped": train_built.skipped + val_built.skipped, **task.report},
         "model": {"name": cfg.model.name, "source": bundle.source},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    write_json(run_dir / "summary.json", summary)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     shown = " ".join(f"{k} {v:.4f}" for k, v in scalars(final).items() if k != "samples")
     log(f"done: {shown}; {summary['train_seconds']:.1f}s, {summary['samples_per_second']:.1f} samples/s, "
         f"peak RSS {summary['peak_rss_mb']:.0f} MB → {run_dir}")

@@ -1,15 +1,42 @@
-"""Atomic safetensors writes: a crash never leaves a half-written checkpoint under the final name."""
+"""Atomic checkpoints: a crash never leaves a half-written checkpoint under its final name.
+
+checkpoints/step-00000040/ holds model.safetensors, trainer.safetensors (optimizer + RNG tensors) and trainer.json
+(everything else, with the SHA-256 of both tensor files). It is written as a hidden temp folder and renamed into
+place once every file is fsynced, so a visible step-* folder is always complete. checkpoints/best.safetensors holds
+the best weights. No pickle anywhere."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import load_file, save, save_file
 
+from tuneforge.engine import chaos
 from tuneforge.errors import ModelError
+
+STEP_DIR = re.compile(r"step-(\d{8})")
+MODEL_FILE, TRAINER_FILE, META_FILE = "model.safetensors", "trainer.safetensors", "trainer.json"
+
+
+class CheckpointError(ModelError):
+    pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -22,19 +49,23 @@ def atomic_write(path: Path, write) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # clone: tied weights share storage, which safetensors refuses
-    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    tensors = _cpu(state)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -42,28 +73,131 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ModelError(f"checkpoint '{path}' is truncated or corrupt ({str(e).splitlines()[0][:100]}); "
-                         "use another checkpoint") from None
+        raise CheckpointError(f"checkpoint '{path}' is truncated or corrupt ({str(e).splitlines()[0][:100]}); "
+                              "use another checkpoint") from None
+
+
+# ---------------------------------------------------------------- full checkpoints
+
+
+def _write_synced(path: Path, data: bytes) -> str:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_checkpoint(folder: Path, step: int, model: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+                     meta: dict) -> Path:
+    """Write checkpoints/step-N atomically: files into a hidden temp folder, then one rename."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        files = {MODEL_FILE: _write_synced(tmp / MODEL_FILE, save(model, {"step": str(step)})),
+                 TRAINER_FILE: _write_synced(tmp / TRAINER_FILE, save(tensors, {"step": str(step)}))}
+        body = json.dumps({**meta, "step": step, "files": files}, indent=1)
+        _write_synced(tmp / META_FILE, body.encode("utf-8"))
+        _fsync_dir(tmp)
+        chaos.point("checkpoint_write")
+        if final.exists():  # the same step written again (after a rollback): swap, never a gap
+            _discard(final)
+        os.rename(tmp, final)
+        _fsync_dir(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _discard(path: Path) -> None:
+    """Rename out of sight first (atomic), then delete: a visible step-* folder is never half-deleted."""
+    trash = path.with_name(f".{path.name}.trash")
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Make a fully written folder visible under its final name in one rename (replacing an older one)."""
+    if final.exists():
+        _discard(final)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints (visible step-* folders), oldest first."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and STEP_DIR.fullmatch(p.name))
+
+
+def clean_partial(folder: Path) -> int:
+    """Remove what a crash left behind (hidden temp / trash folders and files); returns how many."""
+    if not folder.is_dir():
+        return 0
+    leftovers = [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".trash"))]
+    for p in leftovers:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return len(leftovers)
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """→ (model tensors, trainer tensors, meta); every file is checked against its recorded SHA-256."""
+    older = [p for p in list_checkpoints(path.parent) if p.name < path.name]
+    hint = (f"delete it to resume from {older[-1].name}" if older else "delete it to start over") + \
+        ", or pass --overwrite"
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        files = meta["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint '{path}' is unreadable ({META_FILE}: {str(e)[:80]}); {hint}") from None
+    loaded = []
+    for name in (MODEL_FILE, TRAINER_FILE):
+        try:
+            data = (path / name).read_bytes()
+        except OSError as e:
+            raise CheckpointError(f"checkpoint '{path}': cannot read {name} ({e.strerror}); {hint}") from None
+        if hashlib.sha256(data).hexdigest() != files.get(name):
+            raise CheckpointError(f"checkpoint '{path}': {name} is truncated or modified (SHA-256 does not match "
+                                  f"{META_FILE}); {hint}")
+        try:
+            loaded.append(load_bytes(data))
+        except (SafetensorError, ValueError) as e:
+            raise CheckpointError(f"checkpoint '{path}': {name} is corrupt ({str(e)[:80]}); {hint}") from None
+    return loaded[0], loaded[1], meta
 
 
 class Checkpointer:
-    """Callback: after each evaluation write checkpoints/step-N.safetensors (keeping the last `keep`)
-    and checkpoints/best.safetensors whenever the evaluation is the best so far."""
+    """Callback: after each evaluation write checkpoints/best.safetensors when it is the best so far, then a full
+    checkpoint (keeping the last `keep`). Must run after the callbacks whose state it saves (early stopping)."""
 
-    def __init__(self, run_dir: Path, state_dict_fn, keep: int):
+    def __init__(self, run_dir: Path, keep: int):
         self.dir = run_dir / "checkpoints"
-        self.state_dict_fn, self.keep = state_dict_fn, keep
+        self.keep = keep
+        self.trainer = None  # engine.state.TrainerState, bound once the loop components exist
+        self.written = 0
+        self.best_weights = None  # optional () -> state dict kept as best instead of the live weights (EMA)
 
     def on_eval_end(self, state, record: dict) -> None:
-        meta = {"step": str(state.step), "epoch": str(record["epoch"])}
-        weights = None
+        if self.keep == 0 and not state.is_best:
+            return
+        model, tensors, meta = self.trainer.capture(state)
+        if state.is_best:  # first: a full checkpoint never names a best step whose weights are missing
+            best = self.best_weights() if self.best_weights else model
+            save_weights(self.best_path(), best, {"step": str(state.step), "epoch": str(record["epoch"])})
         if self.keep > 0:
-            weights = self.state_dict_fn()
-            save_weights(self.dir / f"step-{state.step:08d}.safetensors", weights, meta)
-            for old in sorted(self.dir.glob("step-*.safetensors"))[:-self.keep]:
-                old.unlink()
-        if state.is_best:
-            save_weights(self.dir / "best.safetensors", weights or self.state_dict_fn(), meta)
+            write_checkpoint(self.dir, state.step, model, tensors, meta)
+            self.written += 1
+            for old in list_checkpoints(self.dir)[:-self.keep]:
+                _discard(old)
+
+    def latest(self) -> Optional[Path]:
+        found = list_checkpoints(self.dir)
+        return found[-1] if found else None
 
     def best_path(self) -> Path:
         return self.dir / "best.safetensors"

@@ -12,6 +12,8 @@ from torch.utils.data import DataLoader
 
 from tuneforge.data.sampling import EpochBatchSampler
 from tuneforge.engine.callbacks import CallbackList, TrainState
+from tuneforge.engine import chaos
+from tuneforge.engine.guards import Rollback
 from tuneforge.errors import ConfigError
 from tuneforge.metrics import scalars
 from tuneforge.tasks.base import Built, Task
@@ -36,6 +38,7 @@ class Components:
     mode: str = "max"
     t0: float = 0.0  # perf_counter at which wall_seconds would be 0
     freeze_norm_stats: bool = False
+    nan_guard: Optional[object] = None  # engine.guards.NanGuard: checks every step's loss and gradients
 
 
 def make_loader(built: Built, batch_size: int, train: bool, seed: int, num_workers: int = 0) -> DataLoader:
@@ -65,6 +68,7 @@ def evaluate(bundle, task: Task, loader: DataLoader, accelerator) -> dict:
     model.eval()
     metrics = task.new_metrics()
     for batch in loader:
+        chaos.point("eval_batch")
         batch = _to_device(batch, accelerator.device)
         with accelerator.autocast():
             logits = bundle.logits(batch)
@@ -99,6 +103,8 @@ def train_one_epoch(c: Components, state: TrainState) -> None:
     model, acc = c.bundle.model, c.accelerator
     sampler: EpochBatchSampler = c.train_loader.batch_sampler
     sampler.set_epoch(state.epoch, skip=state.batch_in_epoch)
+    if c.train_loader.generator is not None:  # worker seeds: a function of (seed, epoch), so resume replays them
+        c.train_loader.generator.manual_seed(sampler.seed * 1_000_003 + state.epoch)
     n_batches = len(sampler) + sampler.skip
     set_train_mode(model, c.freeze_norm_stats)
     for batch in c.train_loader:
@@ -116,8 +122,10 @@ def train_one_epoch(c: Components, state: TrainState) -> None:
             state.tokens_seen += int(batch["attention_mask"].sum())
         if not sync:
             continue
-        if c.grad_clip:
-            acc.clip_grad_norm_(model.parameters(), c.grad_clip)
+        norm = acc.clip_grad_norm_(model.parameters(), c.grad_clip) if c.grad_clip else None
+        if c.nan_guard is not None and not c.nan_guard.ok(state, loss, norm, model):
+            c.optimizer.zero_grad(set_to_none=True)  # train.nan_policy: skip
+            continue
         c.optimizer.step()
         c.scheduler.step()
         c.optimizer.zero_grad(set_to_none=True)
@@ -145,7 +153,10 @@ def fit(c: Components, state: TrainState) -> TrainState:
     c.callbacks.fire("on_fit_start", state)
     try:
         while not state.should_stop:
-            train_one_epoch(c, state)
+            try:
+                train_one_epoch(c, state)
+            except Rollback:  # train.nan_policy: rollback
+                c.nan_guard.rollback(state)
         if not state.history or state.history[-1]["step"] != state.step:
             run_eval(c, state)  # the final weights are always evaluated
     finally:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tuneforge.errors import ConfigError, ModelError
-from tuneforge.models import hf, siamese, vision  # noqa: F401  (registers the sources and aliases)
+from safetensors import SafetensorError
+
+from tuneforge.errors import ModelError
+from tuneforge.models import hf, vision  # noqa: F401  (registers the sources and aliases)
 from tuneforge.models.base import MODEL_ALIASES, MODEL_SOURCES, HeadSpec, ModelBundle, write_json
 
 META_FILE = "tuneforge.json"
@@ -36,10 +38,6 @@ def resolve_source(cfg) -> tuple[str, object, dict]:
 def create_model(cfg, head: HeadSpec, log=print) -> ModelBundle:
     alias = cfg.name if cfg.name in MODEL_ALIASES else None
     source, resolved, extra = resolve_source(cfg)
-    if cfg.pair_encoding == "siamese":  # the same HF weights, wrapped as a bi-encoder
-        if source != "hf":
-            raise ConfigError(f"model.pair_encoding: siamese needs a Hugging Face text model, not {source}")
-        source = "hf-siamese"
     bundle = MODEL_SOURCES.get(source, "model.source").load(resolved, head, log=log, **extra)
     if alias:
         bundle.extra_meta["alias"] = alias
@@ -60,8 +58,17 @@ def load_saved_model(model_dir: str | Path) -> tuple[ModelBundle, dict]:
     if not (d / META_FILE).is_file():
         raise ModelError(f"'{model_dir}' is neither a tuneforge run folder nor its model/ folder "
                          f"(no {META_FILE}); pass the folder that `tuneforge train` wrote")
-    meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
-    return MODEL_SOURCES.get(meta["source"]).load_saved(d, meta), meta
+    try:
+        meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"'{d / META_FILE}' is not valid JSON ({str(e)[:80]}); re-copy the model folder") from None
+    try:
+        return MODEL_SOURCES.get(meta["source"]).load_saved(d, meta), meta
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
+        weights = next((f.name for f in sorted(d.glob("*.safetensors"))), "its weights")
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ModelError(f"model folder '{d}' cannot be loaded: {weights} is truncated or corrupt, or does not "
+                         f"match config.json ({reason}); re-copy the folder or train again") from None
 
 
 __all__ = ["HeadSpec", "ModelBundle", "create_model", "load_saved_model", "save_model", "MODEL_SOURCES",

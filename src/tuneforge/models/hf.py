@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoTokenizer
 
 from tuneforge.errors import ModelError
@@ -15,7 +16,6 @@ from tuneforge.models.base import MODEL_ALIASES, MODEL_SOURCES, HeadSpec, ModelB
 AUTO_CLASSES = {
     "sequence": "AutoModelForSequenceClassification",
     "token": "AutoModelForTokenClassification",
-    "encoder": "AutoModel",  # no head: wrapped by models/siamese.py
     "causal_lm": "AutoModelForCausalLM",
 }
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -92,8 +92,11 @@ class HFSource:
                 model = _auto_class(head).from_config(config, trust_remote_code=cfg.trust_remote_code)
                 new = list(model.state_dict())
                 log(f"model {name}: random init ({len(new)} tensors), model.pretrained is false")
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: truncated / tampered weights
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if isinstance(e, SafetensorError):
+                raise ModelError(f"cannot load HF model '{name}': its weights file is truncated or corrupt ({first}); "
+                                 "re-copy the model folder") from None
             hint = " (offline: only local folders and already-cached hub ids work)" if _offline() or local else ""
             raise ModelError(f"cannot load HF model '{name}': {first}{hint}") from None
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:

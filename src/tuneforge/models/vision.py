@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,7 +26,12 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         if p.suffix == ".safetensors":
             state = load_file(str(p))
         else:
-            state = torch.load(str(p), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a file
+                warnings.simplefilter("ignore")
+                state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused it: the pickle holds more than tensors (maybe code)
+        raise ModelError(f"weights file '{p}' is not a plain tensor file (the pickle holds other objects, which "
+                         "tuneforge never unpickles); export the state dict as .safetensors") from None
     except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
         raise ModelError(f"weights file '{p}' is unreadable or truncated ({str(e).splitlines()[0][:120]}); "
                          "re-copy the file") from None
