@@ -1,6 +1,7 @@
 """Load a run folder's model/ and evaluate or predict with exactly the preprocessing used in training."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -17,10 +18,15 @@ from tuneforge.run import _accelerator
 from tuneforge.tasks import task_from_saved
 
 
+def _stderr(*args, **kwargs) -> None:
+    print(*args, file=sys.stderr, **kwargs)
+
+
 class Predictor:
-    def __init__(self, run_dir: str | Path, log=print, batch_size: Optional[int] = None):
+    def __init__(self, run_dir: str | Path, log=None, batch_size: Optional[int] = None):
         self.bundle, meta = load_saved_model(run_dir)
         self.cfg = validate(meta["config"], f"{run_dir} (saved config)")
+        log = log or _stderr  # stdout carries the JSON results of eval / predict
         self.task = task_from_saved(self.cfg, meta["task_state"], log)
         self.accelerator = _accelerator(meta.get("precision", "fp32"))
         self.bundle.model.to(self.accelerator.device).eval()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from tuneforge.errors import ModelError
-from tuneforge.models import hf, vision  # noqa: F401  (registers the sources and aliases)
+from tuneforge.errors import ConfigError, ModelError
+from tuneforge.models import hf, siamese, vision  # noqa: F401  (registers the sources and aliases)
 from tuneforge.models.base import MODEL_ALIASES, MODEL_SOURCES, HeadSpec, ModelBundle, write_json
 
 META_FILE = "tuneforge.json"
@@ -38,6 +38,10 @@ def resolve_source(cfg) -> tuple[str, object, dict]:
 def create_model(cfg, head: HeadSpec, log=print) -> ModelBundle:
     alias = cfg.name if cfg.name in MODEL_ALIASES else None
     source, resolved, extra = resolve_source(cfg)
+    if cfg.pair_encoding == "siamese":  # the same HF weights, wrapped as a bi-encoder
+        if source != "hf":
+            raise ConfigError(f"model.pair_encoding: siamese needs a Hugging Face text model, not {source}")
+        source = "hf-siamese"
     bundle = MODEL_SOURCES.get(source, "model.source").load(resolved, head, log=log, **extra)
     if alias:
         bundle.extra_meta["alias"] = alias

@@ -16,6 +16,7 @@ from tuneforge.models.base import MODEL_ALIASES, MODEL_SOURCES, HeadSpec, ModelB
 AUTO_CLASSES = {
     "sequence": "AutoModelForSequenceClassification",
     "token": "AutoModelForTokenClassification",
+    "encoder": "AutoModel",  # no head: wrapped by models/siamese.py
     "causal_lm": "AutoModelForCausalLM",
 }
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
