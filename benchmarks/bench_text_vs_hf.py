@@ -90,7 +90,12 @@ def worker_tuneforge(data: Path, args) -> dict:
 
 def run_worker(args) -> None:
     data = Path(args.prepared)
-    res = worker_tuneforge(data, args) if args.worker == "tuneforge" else worker_hf(args.worker, data, args)
+    if args.worker.startswith("tuneforge"):  # "tuneforge" or "tuneforge:train.freeze_embeddings=true,..."
+        extra = args.worker.partition(":")[2]
+        args.tf_set = args.tf_set + [kv for kv in extra.split(",") if kv]
+        res = worker_tuneforge(data, args)
+    else:
+        res = worker_hf(args.worker, data, args)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(res))
 
@@ -131,12 +136,15 @@ def main() -> None:
         return max(results[name], key=lambda r: r["samples_per_second"])
 
     tf = best("tuneforge") if "tuneforge" in results else None
-    print(f"\n{'config':<22}{'samples/s':>10}{'wall s':>9}{'dev acc':>9}{'peak RSS MB':>13}{'tuneforge/peer':>16}")
+    peers = [n for n in results if not n.startswith("tuneforge")]
+    print(f"\n{'config':<44}{'samples/s':>10}{'wall s':>9}{'dev acc':>9}{'peak RSS MB':>13}")
     for name in results:
         r = best(name)
-        ratio = f"{tf['samples_per_second'] / r['samples_per_second']:.2f}x" if tf and name != "tuneforge" else ""
-        print(f"{name:<22}{r['samples_per_second']:>10.1f}{r['train_seconds']:>9.1f}{r['accuracy']:>9.4f}"
-              f"{r['peak_rss_mb']:>13.0f}{ratio:>16}")
+        print(f"{name:<44}{r['samples_per_second']:>10.1f}{r['train_seconds']:>9.1f}{r['accuracy']:>9.4f}"
+              f"{r['peak_rss_mb']:>13.0f}")
+    for t in [n for n in results if n.startswith("tuneforge")]:
+        for peer in peers:
+            print(f"{t} / {peer}: {best(t)['samples_per_second'] / best(peer)['samples_per_second']:.2f}x samples/s")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"date": str(date.today()), "command": " ".join(sys.argv), "rows": args.rows,
                                           "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,

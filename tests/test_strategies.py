@@ -174,3 +174,15 @@ def test_lr_find_command_writes_plot_and_suggestion(text_recipe, tmp_path):
     recipe.write_text(yaml.safe_dump(text_recipe()))
     assert main(["lr-find", str(recipe), "--output", str(tmp_path / "lr.png"), "--quiet"]) == 0
     assert (tmp_path / "lr.png").stat().st_size > 1000
+
+
+def test_ema_weights_are_evaluated_and_kept(text_recipe, tmp_path):
+    r = train(text_recipe(train={"ema": 0.9, "max_steps": 40}), output=str(tmp_path / "ema"), quiet=True)
+    best = max(metrics_lines(r.run_dir), key=lambda x: x["metrics"]["accuracy"])
+    assert r.summary["strategies"]["ema"] == 0.9
+    assert r.metrics["loss"] == pytest.approx(
+        next(x for x in metrics_lines(r.run_dir) if x["step"] == r.summary["best_step"])["metrics"]["loss"], abs=1e-6)
+    plain = train(text_recipe(train={"max_steps": 40}), output=str(tmp_path / "plain"), quiet=True)
+    # evaluation saw the averaged weights, not the live ones
+    assert metrics_lines(plain.run_dir)[0]["metrics"]["loss"] != metrics_lines(r.run_dir)[0]["metrics"]["loss"]
+    assert best["step"] in [x["step"] for x in metrics_lines(r.run_dir)]

@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.add_argument("--quiet", action="store_true")
 
+    lf = sub.add_parser("lr-find", help="LR range test: plot loss against LR and suggest a learning rate")
+    lf.add_argument("recipe")
+    lf.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    lf.add_argument("--output", help="PNG plot path (default: lr_find-<recipe>.png)")
+    lf.add_argument("--quiet", action="store_true")
+
     e = sub.add_parser("eval", help="evaluate a trained run on labelled data")
     e.add_argument("run_dir")
     e.add_argument("--data", required=True, help="a labelled file or image folder, like the validation data")
@@ -87,6 +93,12 @@ def _oom_hint(pred):
                             f"{max(1, pred.batch_size // 2)}") from None
 
 
+def _cmd_lr_find(a) -> None:
+    from tuneforge.run import lr_find
+
+    print(json.dumps(lr_find(a.recipe, a.overrides, a.output, a.quiet)))
+
+
 def _cmd_eval(a) -> None:
     from tuneforge.metrics import scalars
 
@@ -129,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        {"train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval,
+        {"train": _cmd_train, "resume": _cmd_resume, "lr-find": _cmd_lr_find, "eval": _cmd_eval,
          "predict": _cmd_predict}[args.command](args)
     except TuneforgeError as e:
         print(f"tuneforge: error: {e}", file=sys.stderr)

@@ -117,6 +117,7 @@ class TrainConfig(_Section):
     lora: Optional[LoraConfig] = None
     ema: Optional[float] = Field(None, gt=0.0, lt=1.0)  # EMA decay of weights used for eval and the kept model
     feature_cache: bool = True  # frozen backbone + deterministic inputs: compute features once, train the head
+    channels_last: bool = True  # image models: NHWC memory format (faster convolutions on CPU and GPU)
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     warmup_steps: Optional[int] = Field(None, ge=0)  # overrides warmup_ratio
     epochs: float = Field(3, gt=0)

@@ -28,6 +28,8 @@ class Predictor:
         self.cfg = validate(meta["config"], f"{run_dir} (saved config)")
         log = log or _stderr  # stdout carries the JSON results of eval / predict
         self.task = task_from_saved(self.cfg, meta["task_state"], log)
+        if self.cfg.train.channels_last and hasattr(self.bundle, "use_channels_last"):
+            self.bundle.use_channels_last()  # the same kernels as in training: identical numbers
         self.accelerator = _accelerator(meta.get("precision", "fp32"))
         self.bundle.model.to(self.accelerator.device).eval()
         self.log = log

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -15,10 +16,14 @@ from tuneforge.engine.guards import NanGuard
 from tuneforge.engine.loop import Components, evaluate, fit, make_loader, steps_per_epoch
 from tuneforge.engine.optim import create_optimizer, create_scheduler, total_steps
 from tuneforge.engine.resume import Resumer, RunContext, open_run_dir, user_errors
+from tuneforge.engine.phases import cached_loaders, feature_cache_usable, phase_train_config, plan_phases, train_mode_fn
 from tuneforge.errors import ConfigError
 from tuneforge.metrics import scalars
 from tuneforge.models import MODEL_SOURCES, create_model, save_model
+from tuneforge.models.base import write_json
 from tuneforge.models import resolve_source
+from tuneforge.strategies import WeightEMA, apply_freeze, apply_lora, head_names, merge_lora, unfreeze_all
+from tuneforge.data.report import build_report, describe
 from tuneforge.tasks import create_task
 from tuneforge.utils import (RunLog, console, count_params, peak_rss_mb, resolve_precision, seed_everything,
                              set_threads)
@@ -58,6 +63,57 @@ def resume(run_dir: str | Path, quiet: bool = False) -> RunResult:
     return train(path / "config.yaml", output=str(path), resume=True, quiet=quiet)
 
 
+@dataclass
+class Prepared:
+    train_ex: object
+    val_ex: object
+    report: dict
+    train_built: object
+    val_built: object
+    test_built: object
+
+
+def prepare(cfg: Config, log) -> tuple:
+    """Task, model and datasets, every check done (labels, files, images) and nothing written yet."""
+    task = create_task(cfg, log)
+    source, _, _ = resolve_source(cfg.model)
+    modality = MODEL_SOURCES.get(source).modality
+    train_ex, val_ex, test_ex = task.read_examples(modality)
+    task.fit_labels(train_ex, val_ex)
+    report = build_report(train_ex, val_ex, modality, task.class_counts(train_ex))
+    for line in describe(report):
+        log(line)
+    report["imbalance_remedy"] = task.choose_imbalance(report)
+    bundle = create_model(cfg.model, task.head_spec(), log=log)
+    train_built = task.build(train_ex, bundle, train=True)
+    val_built = task.build(val_ex, bundle, train=False)
+    test_built = task.build(test_ex, bundle, train=False) if test_ex is not None else None  # checked up front
+    log(f"data: {len(train_built.dataset)} train / {len(val_built.dataset)} val examples; "
+        f"labels: {', '.join(task.labels[:12])}{' ...' if len(task.labels) > 12 else ''}")
+    return task, bundle, Prepared(train_ex, val_ex, report, train_built, val_built, test_built)
+
+
+def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = None, quiet: bool = False) -> dict:
+    """`tuneforge lr-find`: the LR range test on the recipe's data and model; writes a PNG, returns the suggestion."""
+    from tuneforge.engine.lr_find import lr_range_test
+
+    log = RunLog(quiet)
+    cfg = load_config(recipe, overrides)
+    set_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    task, bundle, data = prepare(cfg, log)
+    plot_path = Path(plot or f"lr_find-{cfg.output.name or 'run'}.png")
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    log.attach(plot_path.with_suffix(".log"))
+    apply_freeze(bundle, cfg.train, log)
+    if cfg.train.lora is not None:
+        apply_lora(bundle, cfg.train.lora, log)
+    loader = make_loader(data.train_built, cfg.train.batch_size, True, cfg.train.seed, cfg.data.num_workers)
+    accelerator = _accelerator(resolve_precision(cfg.train.precision))
+    result = lr_range_test(bundle, task, loader, cfg.train, accelerator, plot_path, log)
+    return {"suggested_lr": result["suggested_lr"], "plot": str(plot_path), "steps": len(result["lrs"])}
+
+
 def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: bool, quiet: bool) -> RunResult:
     log = RunLog(quiet)
     cfg = ctx.cfg = load_config(recipe, overrides)
@@ -66,17 +122,9 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
     precision = resolve_precision(cfg.train.precision)
 
     # 1. data and model, fully checked before anything is written
-    task = create_task(cfg, log)
-    source, _, _ = resolve_source(cfg.model)
-    modality = MODEL_SOURCES.get(source).modality
-    train_ex, val_ex, test_ex = task.read_examples(modality)
-    task.fit_labels(train_ex, val_ex)
-    bundle = create_model(cfg.model, task.head_spec(), log=log)
-    train_built = task.build(train_ex, bundle, train=True)
-    val_built = task.build(val_ex, bundle, train=False)
-    test_built = task.build(test_ex, bundle, train=False) if test_ex is not None else None  # checked up front
-    log(f"data: {len(train_built.dataset)} train / {len(val_built.dataset)} val examples; "
-        f"labels: {', '.join(task.labels[:12])}{' ...' if len(task.labels) > 12 else ''}")
+    task, bundle, data = prepare(cfg, log)
+    train_ex, val_ex, report = data.train_ex, data.val_ex, data.report
+    train_built, val_built, test_built = data.train_built, data.val_built, data.test_built
 
     # 2. the run folder
     folder = ctx.folder = open_run_dir(cfg, output, overwrite, resume)
@@ -87,52 +135,94 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
     log.attach(run_dir / "train.log", append=not folder.created)
     if folder.created:
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    write_json(run_dir / "data_report.json", report)
 
-    # 3. loop components
+    # 3. strategies that change what trains: freezing, LoRA; the LR (maybe from the range test)
     seed_everything(cfg.train.seed)  # model init above consumed RNG differently per source
     tc = cfg.train
+    accelerator = _accelerator(precision)
+    apply_freeze(bundle, tc, log)
+    if tc.channels_last and hasattr(bundle, "use_channels_last"):
+        bundle.use_channels_last()
+    if tc.lora is not None:
+        apply_lora(bundle, tc.lora, log)
     train_loader = make_loader(train_built, tc.batch_size, True, tc.seed, cfg.data.num_workers)
     val_loader = make_loader(val_built, cfg.eval.batch_size or 2 * tc.batch_size, False, tc.seed,
                              cfg.data.num_workers)
-    accelerator = _accelerator(precision)
-    model = bundle.model
-    optimizer = create_optimizer(model, tc, set(bundle.new_params))
-    steps = total_steps(tc, len(train_loader.batch_sampler))
-    scheduler = create_scheduler(optimizer, tc, steps)
-    bundle.model, optimizer = accelerator.prepare(model, optimizer)
-    params = count_params(bundle.model)
-    log(f"train: {steps} steps ({steps_per_epoch(train_loader, tc.grad_accum)}/epoch), batch {tc.batch_size}"
-        f" x accum {tc.grad_accum}, {tc.optimizer} lr {tc.lr} {tc.schedule}, precision {precision}, "
-        f"{threads} threads; params {params['trainable']:,} trainable / {params['frozen']:,} frozen")
+    lr = tc.lr
+    if lr == "auto":
+        from tuneforge.engine.lr_find import lr_range_test
 
+        lr = lr_range_test(bundle, task, train_loader, tc, accelerator, run_dir / "lr_find.png", log)["suggested_lr"]
+    bundle.model = accelerator.prepare(bundle.model)
+    full_model = bundle.model
+    params = count_params(full_model)
+    log(f"params: {params['trainable']:,} trainable / {params['frozen']:,} frozen "
+        f"({100 * params['trainable'] / max(params['total'], 1):.1f}% train)")
+
+    # 4. train, phase by phase (one phase unless train.head_epochs asks for fastai-style fine_tune)
     metric = cfg.eval.metric or task.default_metric
     mode = task.metric_mode(metric)
     checkpointer = ctx.checkpointer = Checkpointer(run_dir, cfg.output.keep_checkpoints)
+    ema = WeightEMA(accelerator.unwrap_model(full_model), tc.ema) if tc.ema else None
+    if ema:
+        checkpointer.best_weights = lambda: ema.shadow
     guard = NanGuard(tc.nan_policy, tc.nan_lr_factor, check_grads=accelerator.scaler is None, log=log)
-    resumer = Resumer(folder, checkpointer, guard, cfg, bundle.model, log)
-    es = cfg.early_stopping
-    stopper = EarlyStopping(metric, mode, es.patience, es.min_delta, es.target, es.enabled)
-    callbacks = [MetricsLogger(run_dir, log), stopper, checkpointer]  # checkpointer last: it saves the others
-    if chaos.enabled():
-        callbacks.append(chaos.ChaosPoints())
-    if cfg.output.progress and not quiet:
-        callbacks.append(ProgressBar(console))
-    c = Components(bundle=bundle, task=task, train_loader=train_loader, val_loader=val_loader,
-                   optimizer=optimizer, scheduler=scheduler, accelerator=accelerator,
-                   callbacks=CallbackList(callbacks), grad_accum=tc.grad_accum, grad_clip=tc.grad_clip,
-                   eval_every=cfg.eval.every_steps, metric=metric, mode=mode,
-                   freeze_norm_stats=tc.freeze_norm_stats, nan_guard=guard)
-
-    # 4. train
-    state = TrainState(total_steps=steps)
-    resumer.start(c, state, 0, stopper)  # restores the checkpoint of a resumed run (RNG last)
-    state = fit(c, state)
-    log(f"stopped: {state.stop_reason or 'finished'}; best {metric} {state.best_metric:.4f} at step {state.best_step}")
+    resumer = Resumer(folder, checkpointer, guard, cfg, full_model, log)
+    state = TrainState()
+    phases = plan_phases(tc, lr)
+    for i, phase in enumerate(phases):
+        if resumer.skip_phase(i):  # finished before the checkpoint being resumed
+            continue
+        ptc = phase_train_config(tc, phase)
+        if len(phases) > 1:  # fine_tune: the head phase freezes the backbone, the next one unfreezes it
+            unfreeze_all(full_model)
+            apply_freeze(bundle, ptc, log)
+        if state.batch_in_epoch:  # a phase starts on a fresh epoch
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        head = feature_cache_usable(cfg, bundle, phase)
+        run_bundle, p_train, p_val = bundle, train_loader, val_loader
+        if head:
+            run_bundle, p_train, p_val = cached_loaders(cfg, bundle, head, train_ex, val_ex, train_built, val_built,
+                                                        accelerator, log)
+        optimizer = accelerator.prepare(create_optimizer(full_model, ptc, head_names(bundle)))
+        steps = total_steps(ptc, len(p_train.batch_sampler))
+        scheduler = create_scheduler(optimizer, ptc, steps)
+        state.total_steps, state.should_stop, state.stop_reason = state.step + steps, False, ""
+        counts = count_params(full_model)
+        log(f"phase {phase.name}: {steps} steps ({steps_per_epoch(p_train, ptc.grad_accum)}/epoch), batch "
+            f"{tc.batch_size} x accum {tc.grad_accum}, {tc.optimizer} lr {phase.lr:g} {tc.schedule}"
+            f"{f', head lr {phase.head_lr:g}' if phase.head_lr else ''}"
+            f"{f', layer decay {phase.layer_decay}' if phase.layer_decay else ''}, precision {precision}, "
+            f"{threads} threads; {counts['trainable']:,} trainable / {counts['frozen']:,} frozen params"
+            f"{'; cached backbone features' if head else ''}")
+        es = cfg.early_stopping
+        stopper = EarlyStopping(metric, mode, es.patience, es.min_delta, es.target, es.enabled)
+        callbacks = ([ema] if ema else []) + [MetricsLogger(run_dir, log), stopper, checkpointer]  # checkpointer
+        # last: it saves the others
+        if chaos.enabled():
+            callbacks.append(chaos.ChaosPoints())
+        if cfg.output.progress and not quiet:
+            callbacks.append(ProgressBar(console))
+        c = Components(bundle=run_bundle, task=task, train_loader=p_train, val_loader=p_val,
+                       optimizer=optimizer, scheduler=scheduler, accelerator=accelerator,
+                       callbacks=CallbackList(callbacks), grad_accum=tc.grad_accum, grad_clip=tc.grad_clip,
+                       eval_every=cfg.eval.every_steps, metric=metric, mode=mode,
+                       train_mode=train_mode_fn(bundle, phase, tc), nan_guard=guard,
+                       eval_weights=(lambda: ema.applied(accelerator.unwrap_model(full_model))) if ema else nullcontext)
+        # restores the checkpoint of a resumed run (RNG last)
+        resumer.start(c, state, i, stopper, {"ema": ema} if ema else None)
+        fit(c, state)
+        log(f"phase {phase.name} stopped: {state.stop_reason or 'finished'}; best {metric} "
+            f"{state.best_metric:.4f} at step {state.best_step}")
+        if state.stop_reason.startswith("target"):
+            break
 
     # 5. keep the best model, evaluate it, write model/ and summary.json
-    unwrapped = accelerator.unwrap_model(bundle.model)
+    unwrapped = accelerator.unwrap_model(full_model)
     unwrapped.load_state_dict(load_weights(checkpointer.best_path()))
     bundle.model = unwrapped
+    merge_lora(bundle, run_dir / "adapter" if tc.lora is not None else None)
     final = evaluate(bundle, task, val_loader, accelerator)
     task.finalize()  # what was tuned on validation (thresholds) is fixed from here on, test included
     test = None
@@ -154,10 +244,16 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
         "steps": state.step,
         "epochs": round(state.epoch + state.batch_in_epoch / max(len(train_loader.batch_sampler)
                                                                  + train_loader.batch_sampler.skip, 1), 4),
+        "lr": lr,
+        "strategies": {"phases": [p.name for p in phases], "freeze": tc.freeze, "freeze_embeddings":
+                       tc.freeze_embeddings, "lora": tc.lora.model_dump() if tc.lora else None,
+                       "layer_decay": tc.layer_decay, "head_lr": tc.head_lr,
+                       "channels_last": getattr(bundle, "channels_last", None), "ema": tc.ema,
+                       "group_by_length": cfg.data.group_by_length and bundle.modality == "text"},
         "train_seconds": round(state.wall_seconds, 3),
         "samples_seen": state.samples_seen,
-        "samples_per_second": round(state.samples_seen / max(state.wall_seconds, 1e-9), 2),
-        "tokens_per_second": round(state.tokens_seen / max(state.wall_seconds, 1e-9), 1) if state.tokens_seen else None,
+        "eval_seconds": round(state.eval_seconds, 3),
+        **throughput(state, bundle),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "precision": precision,
         "threads": threads,
@@ -165,7 +261,8 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
         "nan_guard": guard.summary(),
         "resumed_from_step": resumer.resumed_from,
         "data": {"train": len(train_built.dataset), "val": len(val_built.dataset),
-                 "skipped": train_built.skipped + val_built.skipped, **task.report},
+                 "skipped": train_built.skipped + val_built.skipped, **task.report,
+                 "imbalance_ratio": report.get("imbalance_ratio"), "imbalance_remedy": report["imbalance_remedy"]},
         "model": {"name": cfg.model.name, "source": bundle.source},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -174,6 +271,19 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
     log(f"done: {shown}; {summary['train_seconds']:.1f}s, {summary['samples_per_second']:.1f} samples/s, "
         f"peak RSS {summary['peak_rss_mb']:.0f} MB → {run_dir}")
     return RunResult(run_dir, final, summary)
+
+
+def throughput(state: TrainState, bundle) -> dict:
+    """Training-loop rates (evaluation time excluded). For text: useful (non-padding) tokens/s and the achieved
+    GFLOP/s by the usual 6 x non-embedding parameters x tokens estimate."""
+    seconds = max(state.wall_seconds - state.eval_seconds, 1e-9)
+    out = {"samples_per_second": round(state.samples_seen / seconds, 2)}
+    if state.tokens_seen:
+        non_embedding = sum(p.numel() for n, p in bundle.model.named_parameters() if "embeddings" not in n)
+        out["tokens_per_second"] = round(state.tokens_seen / seconds, 1)
+        out["non_embedding_params"] = non_embedding
+        out["gflops_per_second"] = round(6 * non_embedding * state.tokens_seen / seconds / 1e9, 2)
+    return out
 
 
 def read_summary(run_dir: str | Path) -> dict:

@@ -150,11 +150,27 @@ def merge_lora(bundle, adapter_dir=None) -> None:
 
 
 class WeightEMA:
-    """Exponential moving average of the trainable weights (and buffers), swapped in for evaluation."""
+    """Callback: exponential moving average of the weights (buffers copied), updated after every optimizer step.
+    Evaluation runs on it (`applied`), so the best checkpoint and the kept model are the averaged weights."""
 
     def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+        self.model, self.decay = model, decay
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def on_step_end(self, state) -> None:
+        self.update(self.model)
+
+    def __getattr__(self, name):  # the other callback events are no-ops
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+    def state_dict(self) -> dict:
+        return {"shadow": self.shadow}
+
+    def load_state_dict(self, d: dict) -> None:
+        for k, v in d["shadow"].items():
+            self.shadow[k].copy_(v)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

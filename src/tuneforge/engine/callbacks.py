@@ -21,6 +21,7 @@ class TrainState:
     samples_seen: int = 0
     tokens_seen: int = 0  # non-padding tokens (text)
     wall_seconds: float = 0.0  # training wall time so far, evaluation included
+    eval_seconds: float = 0.0  # of which spent in evaluation
     total_steps: int = 0
     last_loss: float = float("nan")
     best_metric: Optional[float] = None

@@ -5,7 +5,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -37,23 +37,17 @@ class Components:
     metric: str = "accuracy"
     mode: str = "max"
     t0: float = 0.0  # perf_counter at which wall_seconds would be 0
-    freeze_norm_stats: bool = False
+    train_mode: Callable[[torch.nn.Module], None] = torch.nn.Module.train  # see strategies.set_train_mode
+    eval_weights: Callable[[], object] = nullcontext  # context manager that swaps in the weights to evaluate
     nan_guard: Optional[object] = None  # engine.guards.NanGuard: checks every step's loss and gradients
 
 
 def make_loader(built: Built, batch_size: int, train: bool, seed: int, num_workers: int = 0) -> DataLoader:
-    sampler = EpochBatchSampler(len(built.dataset), batch_size, seed, lengths=built.lengths, shuffle=train)
+    sampler = EpochBatchSampler(len(built.dataset), batch_size, seed, lengths=built.lengths, shuffle=train,
+                                weights=built.sample_weights if train else None)
     return DataLoader(built.dataset, batch_sampler=sampler, collate_fn=built.collate, num_workers=num_workers,
                       persistent_workers=num_workers > 0,
                       generator=torch.Generator().manual_seed(seed) if train else None)
-
-
-def set_train_mode(model: torch.nn.Module, freeze_norm_stats: bool) -> None:
-    model.train()
-    if freeze_norm_stats:  # BatchNorm uses (and keeps) its pretrained running statistics
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -81,7 +75,10 @@ def evaluate(bundle, task: Task, loader: DataLoader, accelerator) -> dict:
 
 
 def run_eval(c: Components, state: TrainState) -> dict:
-    metrics = evaluate(c.bundle, c.task, c.val_loader, c.accelerator)
+    t = time.perf_counter()
+    with c.eval_weights():  # e.g. the EMA weights
+        metrics = evaluate(c.bundle, c.task, c.val_loader, c.accelerator)
+    state.eval_seconds += time.perf_counter() - t
     if c.metric not in metrics:
         raise ConfigError(f"eval.metric '{c.metric}' is not computed by task '{c.task.name}'; choose one of: "
                           f"{', '.join(scalars(metrics))}")
@@ -106,7 +103,7 @@ def train_one_epoch(c: Components, state: TrainState) -> None:
     if c.train_loader.generator is not None:  # worker seeds: a function of (seed, epoch), so resume replays them
         c.train_loader.generator.manual_seed(sampler.seed * 1_000_003 + state.epoch)
     n_batches = len(sampler) + sampler.skip
-    set_train_mode(model, c.freeze_norm_stats)
+    c.train_mode(model)
     for batch in c.train_loader:
         i = state.batch_in_epoch
         sync = (i + 1) % c.grad_accum == 0 or i + 1 == n_batches
@@ -135,7 +132,7 @@ def train_one_epoch(c: Components, state: TrainState) -> None:
         c.callbacks.fire("on_step_end", state)
         if c.eval_every and state.step % c.eval_every == 0:
             run_eval(c, state)
-            set_train_mode(model, c.freeze_norm_stats)
+            c.train_mode(model)
         if state.step >= state.total_steps and not state.should_stop:
             state.should_stop, state.stop_reason = True, f"reached {state.total_steps} steps"
         if state.should_stop:

@@ -44,8 +44,21 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 class VisionBundle(ModelBundle):
+    channels_last = False  # NHWC activations: oneDNN's fast path for convolutions on CPU
+
+    def use_channels_last(self) -> None:
+        self.channels_last = True
+        self.model.to(memory_format=torch.channels_last)
+
     def logits(self, batch: dict) -> torch.Tensor:
-        return self.model(batch["pixel_values"])
+        x = batch["pixel_values"]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def contiguous_state(self) -> None:
+        """safetensors stores only contiguous (NCHW) tensors."""
+        self.model.to(memory_format=torch.contiguous_format)
 
 
 class TimmBundle(VisionBundle):
@@ -54,6 +67,7 @@ class TimmBundle(VisionBundle):
 
         # config.json (architecture, num_classes, pretrained_cfg with mean/std) + model.safetensors:
         # plain `timm.create_model("local-dir:<folder>")` loads it.
+        self.contiguous_state()
         self.model.pretrained_cfg = {**self.model.pretrained_cfg, **_cfg_for_timm(self.image_cfg)}
         save_for_hf(self.model, str(out_dir), model_config={"label_names": self.head.labels or None},
                     safe_serialization=True)
@@ -111,6 +125,7 @@ class TimmSource:
 
 class TorchvisionBundle(VisionBundle):
     def save(self, out_dir: Path) -> None:
+        self.contiguous_state()
         save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(out_dir / "model.safetensors"))
         (out_dir / "torchvision.json").write_text(json.dumps(
             {"architecture": self.name, "num_classes": self.head.num_outputs,
