@@ -45,7 +45,9 @@ def test_minilm_learns_sst2_slice(tmp_path, threads):
     t0 = time.perf_counter()
     run = tuneforge.train(recipe, output=str(tmp_path / "sst2"), quiet=True)
     elapsed = time.perf_counter() - t0
-    assert run.summary["data"] == {"train": 960, "val": 200, "skipped": 0}
+    data = run.summary["data"]
+    assert (data["train"], data["val"], data["skipped"]) == (960, 200, 0)
+    assert data["imbalance_remedy"] == "none"  # SST-2 is near-balanced (ratio ~1.3), below the auto threshold
     assert run.summary["steps"] == 30  # 960 / 32
     log = (run.run_dir / "train.log").read_text()
     assert "new (random init): classifier.bias, classifier.weight" in log
