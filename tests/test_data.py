@@ -397,6 +397,20 @@ def test_length_grouped_batches_are_sorted_within_mega_batch():
     assert spread < 10
 
 
+def test_group_by_length_false_gives_shuffled_batches():
+    from tuneforge.engine.loop import make_loader
+    from tuneforge.tasks.base import Built
+
+    lengths = [(i * 13) % 31 for i in range(64)]
+    built = Built(dataset=list(range(64)), collate=lambda rows: rows, lengths=lengths)
+    grouped = make_loader(built, 4, True, seed=0).batch_sampler
+    plain = make_loader(built, 4, True, seed=0, group_by_length=False).batch_sampler
+    assert grouped.lengths is not None and plain.lengths is None
+    spread = [np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in s.batches()])
+              for s in (grouped, plain)]
+    assert spread[0] < 10 < spread[1]
+
+
 def test_sampler_skip_resumes_mid_epoch():
     s = EpochBatchSampler(50, 6, seed=1)
     s.set_epoch(2)

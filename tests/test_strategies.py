@@ -61,6 +61,23 @@ def test_fine_tune_runs_a_head_phase_then_unfreezes(text_recipe, tmp_path):
     assert len(metrics_lines(r.run_dir)) == 2  # one evaluation per epoch, one epoch per phase
 
 
+def test_gradual_unfreezing_trains_more_groups_each_stage(text_recipe, tmp_path):
+    r = train(text_recipe(train={"head_epochs": 1, "epochs": 3, "max_steps": None, "gradual_unfreeze": True},
+                          eval={"every_steps": None}), output=str(tmp_path / "run"), quiet=True)
+    assert r.summary["strategies"]["phases"] == ["head", "unfreeze_1", "unfreeze_2", "unfreeze_3"]
+    log = (r.run_dir / "train.log").read_text()
+    trainable = [int(line.split(" trainable /")[0].rsplit(" ", 1)[1].replace(",", ""))
+                 for line in log.splitlines() if line.startswith("phase ") and " steps (" in line]
+    assert len(trainable) == 4 and trainable == sorted(trainable) and len(set(trainable)) == 4
+    assert trainable[-1] == r.summary["params"]["total"]  # the last stage trains everything
+    assert "gradual unfreezing, the top" in log
+
+
+def test_gradual_unfreezing_needs_a_head_phase(text_recipe, tmp_path):
+    with pytest.raises(ConfigError, match="train.gradual_unfreeze"):
+        train(text_recipe(train={"gradual_unfreeze": True}), output=str(tmp_path / "run"), quiet=True)
+
+
 def test_lora_trains_saves_adapter_and_exports_merged(text_recipe, tmp_path):
     from transformers import AutoModelForSequenceClassification
 

@@ -118,6 +118,8 @@ class TrainConfig(_Section):
     ema: Optional[float] = Field(None, gt=0.0, lt=1.0)  # EMA decay of weights used for eval and the kept model
     feature_cache: bool = True  # frozen backbone + deterministic inputs: compute features once, train the head
     channels_last: bool = True  # image models: NHWC memory format (faster convolutions on CPU and GPU)
+    # BERT-style sequence classifiers: the last layer runs for the first token only (exact; ~13% fewer FLOPs at 6 layers)
+    first_token_shortcut: bool = True
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     warmup_steps: Optional[int] = Field(None, ge=0)  # overrides warmup_ratio
     epochs: float = Field(3, gt=0)
@@ -179,6 +181,8 @@ class Config(_Section):
         if t.lora is not None and (t.head_epochs > 0 or t.freeze == "backbone"):
             raise ValueError("train.lora trains adapters on a frozen model; it cannot be combined with "
                              "train.head_epochs or train.freeze: backbone")
+        if t.gradual_unfreeze and t.head_epochs <= 0:
+            raise ValueError("train.gradual_unfreeze follows a head-only phase; set train.head_epochs (e.g. 1)")
         return self
 
     @model_validator(mode="after")

@@ -22,7 +22,8 @@ from tuneforge.metrics import scalars
 from tuneforge.models import MODEL_SOURCES, create_model, save_model
 from tuneforge.models.base import write_json
 from tuneforge.models import resolve_source
-from tuneforge.strategies import WeightEMA, apply_freeze, apply_lora, head_names, merge_lora, unfreeze_all
+from tuneforge.strategies import (WeightEMA, apply_freeze, apply_lora, freeze_lower_layers, head_names, merge_lora,
+                                  unfreeze_all)
 from tuneforge.data.report import build_report, describe
 from tuneforge.tasks import create_task
 from tuneforge.utils import (RunLog, console, count_params, peak_rss_mb, resolve_precision, seed_everything,
@@ -41,8 +42,12 @@ class RunResult:
 
 def _accelerator(precision: str):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     import torch
+    # Accelerate keeps one process-wide state and refuses a second run in another precision; each tuneforge run
+    # sets its own (the distributed PartialState is kept)
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=not torch.cuda.is_available())
 
 
@@ -144,9 +149,12 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
     apply_freeze(bundle, tc, log)
     if tc.channels_last and hasattr(bundle, "use_channels_last"):
         bundle.use_channels_last()
+    if tc.first_token_shortcut and hasattr(bundle, "use_first_token_shortcut") and bundle.use_first_token_shortcut():
+        log("speed: the last encoder layer runs for the first token only (the classifier reads nothing else)")
     if tc.lora is not None:
         apply_lora(bundle, tc.lora, log)
-    train_loader = make_loader(train_built, tc.batch_size, True, tc.seed, cfg.data.num_workers)
+    train_loader = make_loader(train_built, tc.batch_size, True, tc.seed, cfg.data.num_workers,
+                               cfg.data.group_by_length)
     val_loader = make_loader(val_built, cfg.eval.batch_size or 2 * tc.batch_size, False, tc.seed,
                              cfg.data.num_workers)
     lr = tc.lr
@@ -178,6 +186,9 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
         if len(phases) > 1:  # fine_tune: the head phase freezes the backbone, the next one unfreezes it
             unfreeze_all(full_model)
             apply_freeze(bundle, ptc, log)
+            if phase.trainable_fraction < 1.0:
+                groups = freeze_lower_layers(bundle, phase.trainable_fraction)
+                log(f"phase {phase.name}: gradual unfreezing, the top {groups} layer groups train")
         if state.batch_in_epoch:  # a phase starts on a fresh epoch
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         head = feature_cache_usable(cfg, bundle, phase)
@@ -249,6 +260,7 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
                        tc.freeze_embeddings, "lora": tc.lora.model_dump() if tc.lora else None,
                        "layer_decay": tc.layer_decay, "head_lr": tc.head_lr,
                        "channels_last": getattr(bundle, "channels_last", None), "ema": tc.ema,
+                       "first_token_shortcut": getattr(bundle, "first_token_shortcut", None),
                        "group_by_length": cfg.data.group_by_length and bundle.modality == "text"},
         "train_seconds": round(state.wall_seconds, 3),
         "samples_seen": state.samples_seen,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import math
 from contextlib import contextmanager
 from typing import Optional
 
@@ -70,6 +71,19 @@ def apply_freeze(bundle, tcfg, log=print) -> None:
         if emb is None:
             raise ConfigError("train.freeze_embeddings: this model has no input word embeddings (text models only)")
         emb.weight.requires_grad_(False)
+
+
+def freeze_lower_layers(bundle, trainable_fraction: float) -> int:
+    """Gradual unfreezing: keep only the top `trainable_fraction` of layer groups (the head counts as the top one)
+    trainable. Returns how many groups train."""
+    from tuneforge.engine.optim import layer_depths
+
+    depths, top = layer_depths(bundle.model, head_names(bundle))
+    keep = max(1, math.ceil(trainable_fraction * (top + 1)))
+    for name, p in bundle.model.named_parameters():
+        if depths[name] <= top - keep:
+            p.requires_grad_(False)
+    return keep
 
 
 def unfreeze_all(model: nn.Module) -> None:

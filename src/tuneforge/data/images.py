@@ -10,8 +10,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2 as T
 
 from tuneforge.data.examples import Examples
 from tuneforge.errors import DataError
@@ -121,6 +119,9 @@ def build_transforms(image_cfg: dict, size: int, train: bool, aug=None):
     """Train: random-resized crop, flip, optional RandAugment / TrivialAugment and random erasing (`aug` is
     data.augment). Eval (and train with aug.enabled false): resize + centre crop. Both normalise with the
     model source's mean / std."""
+    from torchvision.transforms import InterpolationMode  # torchvision only when images are used (~170 MB)
+    from torchvision.transforms import v2 as T
+
     interp = InterpolationMode.BICUBIC if image_cfg.get("interpolation") == "bicubic" else InterpolationMode.BILINEAR
     norm = [T.ToDtype(torch.float32, scale=True), T.Normalize(image_cfg["mean"], image_cfg["std"])]
     if train and aug is not None and aug.enabled:
@@ -142,6 +143,8 @@ class MixCollate:
     """Batch-level mixup / cutmix (torchvision v2): labels become soft targets for the loss."""
 
     def __init__(self, aug, num_classes: int):
+        from torchvision.transforms import v2 as T
+
         ops = []
         if aug.mixup > 0:
             ops.append(T.MixUp(alpha=aug.mixup, num_classes=num_classes))

@@ -18,9 +18,10 @@ from typing import Optional
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import load_file, save_file
 
 from tuneforge.engine import chaos
+from tuneforge.engine.state import cpu_tensors
 from tuneforge.errors import ModelError
 
 STEP_DIR = re.compile(r"step-(\d{8})")
@@ -59,13 +60,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # clone: tied weights share storage, which safetensors refuses
-    return {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
-
-
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tensors = _cpu(state)
+    tensors = cpu_tensors(state, copy=False)  # written right away: no copy needed
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -88,6 +84,17 @@ def _write_synced(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _save_synced(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """safetensors straight to the file (no in-memory copy of the whole blob), fsynced; → its sha256."""
+    save_file(tensors, str(path), metadata=metadata)
+    digest = hashlib.sha256()
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_checkpoint(folder: Path, step: int, model: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
                      meta: dict) -> Path:
     """Write checkpoints/step-N atomically: files into a hidden temp folder, then one rename."""
@@ -95,8 +102,8 @@ def write_checkpoint(folder: Path, step: int, model: dict[str, torch.Tensor], te
     final = folder / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp"))
     try:
-        files = {MODEL_FILE: _write_synced(tmp / MODEL_FILE, save(model, {"step": str(step)})),
-                 TRAINER_FILE: _write_synced(tmp / TRAINER_FILE, save(tensors, {"step": str(step)}))}
+        files = {MODEL_FILE: _save_synced(tmp / MODEL_FILE, model, {"step": str(step)}),
+                 TRAINER_FILE: _save_synced(tmp / TRAINER_FILE, tensors, {"step": str(step)})}
         body = json.dumps({**meta, "step": step, "files": files}, indent=1)
         _write_synced(tmp / META_FILE, body.encode("utf-8"))
         _fsync_dir(tmp)
@@ -185,7 +192,7 @@ class Checkpointer:
     def on_eval_end(self, state, record: dict) -> None:
         if self.keep == 0 and not state.is_best:
             return
-        model, tensors, meta = self.trainer.capture(state)
+        model, tensors, meta = self.trainer.capture(state, copy=False)  # written before training goes on
         if state.is_best:  # first: a full checkpoint never names a best step whose weights are missing
             best = self.best_weights() if self.best_weights else model
             save_weights(self.best_path(), best, {"step": str(state.step), "epoch": str(record["epoch"])})

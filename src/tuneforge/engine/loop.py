@@ -42,8 +42,10 @@ class Components:
     nan_guard: Optional[object] = None  # engine.guards.NanGuard: checks every step's loss and gradients
 
 
-def make_loader(built: Built, batch_size: int, train: bool, seed: int, num_workers: int = 0) -> DataLoader:
-    sampler = EpochBatchSampler(len(built.dataset), batch_size, seed, lengths=built.lengths, shuffle=train,
+def make_loader(built: Built, batch_size: int, train: bool, seed: int, num_workers: int = 0,
+                group_by_length: bool = True) -> DataLoader:
+    lengths = built.lengths if group_by_length else None  # None: plain shuffled batches
+    sampler = EpochBatchSampler(len(built.dataset), batch_size, seed, lengths=lengths, shuffle=train,
                                 weights=built.sample_weights if train else None)
     return DataLoader(built.dataset, batch_sampler=sampler, collate_fn=built.collate, num_workers=num_workers,
                       persistent_workers=num_workers > 0,

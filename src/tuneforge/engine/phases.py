@@ -18,14 +18,20 @@ class Phase:
     head_lr: Optional[float]
     layer_decay: Optional[float]
     frozen_backbone: bool  # only the new head trains; the backbone runs in eval mode
-    unfreeze_per_epoch: bool = False  # gradual unfreezing, top layer group first
+    trainable_fraction: float = 1.0  # gradual unfreezing: the top share of layer groups that trains
 
 
 def plan_phases(tc, lr: float) -> list[Phase]:
-    if tc.head_epochs > 0:
-        return [Phase("head", tc.head_epochs, tc.head_lr or 10 * lr, None, None, True),
-                Phase("fine_tune", tc.epochs, lr, tc.head_lr, tc.layer_decay or 0.8, False, tc.gradual_unfreeze)]
-    return [Phase("train", tc.epochs, lr, tc.head_lr, tc.layer_decay, tc.freeze == "backbone")]
+    if tc.head_epochs <= 0:
+        return [Phase("train", tc.epochs, lr, tc.head_lr, tc.layer_decay, tc.freeze == "backbone")]
+    head = Phase("head", tc.head_epochs, tc.head_lr or 10 * lr, None, None, True)
+    decay = tc.layer_decay or 0.8
+    if not tc.gradual_unfreeze:
+        return [head, Phase("fine_tune", tc.epochs, lr, tc.head_lr, decay, False)]
+    # ULMFiT-style: one epoch with the top third of layer groups, one with the top two thirds, then all of them
+    stages = max(1, min(3, int(tc.epochs)))
+    return [head] + [Phase(f"unfreeze_{j}", 1.0 if j < stages else tc.epochs - (stages - 1), lr, tc.head_lr, decay,
+                           False, j / stages) for j in range(1, stages + 1)]
 
 
 def phase_train_config(tc, phase: Phase):

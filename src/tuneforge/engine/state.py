@@ -51,14 +51,28 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def cpu_tensors(state: dict[str, torch.Tensor], copy: bool = True) -> dict[str, torch.Tensor]:
+    """CPU tensors for safetensors. copy=False shares memory with the live ones (for writing right away; saves a
+    model-plus-optimizer-sized spike), cloning only tensors that share storage (tied weights), which
+    safetensors refuses."""
+    out, seen = {}, set()
+    for k, v in state.items():
+        v = v.detach().to("cpu")
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone().contiguous() if copy or ptr in seen else v.contiguous()
+        seen.add(ptr)
+    return out
+
+
+def flatten_optimizer(sd: dict, copy: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, scalars = {}, {}
     for pid, entry in sd["state"].items():
         for name, value in entry.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{pid}.{name}"] = value.detach().cpu().clone().contiguous()
+                tensors[f"optimizer.{pid}.{name}"] = value
             else:
                 scalars.setdefault(str(pid), {})[name] = value
+    tensors = cpu_tensors(tensors, copy)
     groups = [{k: _jsonable(v) for k, v in g.items()} for g in sd["param_groups"]]
     return tensors, {"param_groups": groups, "scalars": scalars, "ids": [str(p) for p in sd["state"]]}
 
@@ -126,10 +140,11 @@ class TrainerState:
     def model(self) -> torch.nn.Module:  # the whole model, also while a phase trains only the head on features
         return self.c.accelerator.unwrap_model(self.full_model)
 
-    def capture(self, state) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-        """→ (model tensors, trainer tensors, JSON). Tensors are CPU copies, safe to write later."""
-        model = {k: v.detach().to("cpu").clone().contiguous() for k, v in self.model().state_dict().items()}
-        opt_t, opt_meta = flatten_optimizer(self.c.optimizer.state_dict())
+    def capture(self, state, copy: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+        """→ (model tensors, trainer tensors, JSON). copy=True: CPU copies, safe to keep while training goes on;
+        copy=False: views of the live tensors, to be written before the next step."""
+        model = cpu_tensors(self.model().state_dict(), copy)
+        opt_t, opt_meta = flatten_optimizer(self.c.optimizer.state_dict(), copy)
         rng_t, rng_meta = capture_rng()
         scaler = getattr(self.c.accelerator, "scaler", None)
         meta = {

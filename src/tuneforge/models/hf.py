@@ -38,6 +38,14 @@ def _check_folder(path: Path) -> None:
 
 
 class HFBundle(ModelBundle):
+    first_token_shortcut = False
+
+    def use_first_token_shortcut(self) -> bool:
+        from tuneforge.models.first_token import apply_first_token_shortcut
+
+        self.first_token_shortcut = self.head.kind == "sequence" and apply_first_token_shortcut(self.model)
+        return self.first_token_shortcut
+
     def logits(self, batch: dict) -> torch.Tensor:
         return self.model(**{k: batch[k] for k in TEXT_INPUTS if k in batch}).logits
 

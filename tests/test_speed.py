@@ -1,0 +1,82 @@
+"""Speed features must not change results: first-token shortcut (exact) and bf16 autocast (within tolerance)."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import (BertConfig, BertForSequenceClassification, BertForTokenClassification, RobertaConfig,
+                          RobertaForSequenceClassification)
+
+from tuneforge.models.first_token import apply_first_token_shortcut
+from tuneforge.run import train
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+
+
+def _tiny(cls, config_cls):
+    torch.manual_seed(0)
+    return cls(config_cls(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, num_labels=3, pad_token_id=1))
+
+
+@pytest.mark.parametrize("cls,config_cls", [(BertForSequenceClassification, BertConfig),
+                                            (RobertaForSequenceClassification, RobertaConfig)])
+def test_first_token_shortcut_is_exact(cls, config_cls):
+    full = _tiny(cls, config_cls)
+    short = copy.deepcopy(full)
+    assert apply_first_token_shortcut(short)
+    ids = torch.randint(3, 100, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # padded rows: the mask must reach the shortcut layer
+    mask[2, 3:] = 0
+    labels = torch.tensor([0, 1, 2, 0])
+    full.eval(), short.eval()
+    a = full(input_ids=ids, attention_mask=mask, labels=labels)
+    b = short(input_ids=ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(b.logits, a.logits, rtol=1e-5, atol=1e-6)
+    a.loss.backward(), b.loss.backward()
+    for (name, p), q in zip(full.named_parameters(), short.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert [n for n, _ in full.named_parameters()] == [n for n, _ in short.named_parameters()]
+
+
+def test_first_token_shortcut_is_only_used_where_exact():
+    token = _tiny(BertForTokenClassification, BertConfig)  # every token is read: no shortcut
+    assert not apply_first_token_shortcut(token)
+
+
+def test_shortcut_and_precision_are_reported_and_bf16_agrees_with_fp32(text_recipe, tmp_path):
+    """The same tiny run in fp32 and in bf16 autocast ends at close eval metrics; the summary says what ran."""
+    runs = {p: train(text_recipe(train={"precision": p, "max_steps": 40}), output=str(tmp_path / p), quiet=True)
+            for p in ("fp32", "bf16")}
+    for p, r in runs.items():
+        assert r.summary["precision"] == p
+        assert r.summary["strategies"]["first_token_shortcut"] is True
+    fp32, bf16 = (json.loads(x) for x in [(runs[p].run_dir / "summary.json").read_text() for p in ("fp32", "bf16")])
+    assert bf16["eval"]["loss"] == pytest.approx(fp32["eval"]["loss"], abs=0.05)
+    assert abs(bf16["eval"]["accuracy"] - fp32["eval"]["accuracy"]) <= 0.05
+
+
+def test_shortcut_off_gives_the_same_training(text_recipe, tiny_bert_dir, tmp_path):
+    """Without dropout (whose masks draw from the RNG per element) the two runs match step for step."""
+    model = tmp_path / "tiny-bert-no-dropout"
+    shutil.copytree(tiny_bert_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(config))
+    runs = {}
+    for on in (True, False):
+        recipe = text_recipe(model={"name": str(model)}, train={"max_steps": 60, "first_token_shortcut": on})
+        runs[on] = train(recipe, output=str(tmp_path / str(on)), quiet=True)
+        assert runs[on].summary["strategies"]["first_token_shortcut"] is on
+    a, b = ([json.loads(x) for x in (runs[on].run_dir / "metrics.jsonl").read_text().splitlines()] for on in runs)
+    assert [x["step"] for x in a] == [x["step"] for x in b]
+    for x, y in zip(a, b):
+        assert x["metrics"]["loss"] == pytest.approx(y["metrics"]["loss"], abs=1e-4)
