@@ -25,7 +25,8 @@ HERE = Path(__file__).resolve().parent
 # Its own speed features stay on (decode-once image cache, bf16 autocast, channels_last).
 SAME_AS_SEED = ["train.freeze=null", "data.image_size=224", "data.augment.enabled=true",
                 "data.augment.crop_scale=[0.08,1.0]", "train.optimizer=sgd", "train.lr=1e-3", "train.momentum=0.9",
-                "train.weight_decay=0.0", "train.schedule=constant", "train.batch_size=16"]
+                "train.weight_decay=0.0", "train.schedule=constant", "train.batch_size=16",
+                "train.grad_clip=null"]  # the seed loop does not clip
 CONFIGS = {"seed": None, "tuneforge_same": SAME_AS_SEED, "tuneforge_recipe": []}  # recipe = linear probe, cached
 
 
