@@ -44,6 +44,8 @@ class HFBundle(ModelBundle):
         from tuneforge.models.first_token import apply_first_token_shortcut
 
         self.first_token_shortcut = self.head.kind == "sequence" and apply_first_token_shortcut(self.model)
+        if self.first_token_shortcut:  # eval / predict on the saved model compute exactly what training evaluated
+            self.extra_meta["first_token_shortcut"] = True
         return self.first_token_shortcut
 
     def logits(self, batch: dict) -> torch.Tensor:
@@ -118,8 +120,11 @@ class HFSource:
         head = HeadSpec(**meta["head"])
         model = _auto_class(head).from_pretrained(str(model_dir), local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        return HFBundle(model=model, modality="text", source="hf", name=meta["name"], head=head,
-                        tokenizer=tokenizer)
+        bundle = HFBundle(model=model, modality="text", source="hf", name=meta["name"], head=head,
+                          tokenizer=tokenizer)
+        if meta.get("first_token_shortcut"):
+            bundle.use_first_token_shortcut()
+        return bundle
 
 
 @MODEL_ALIASES.register("minilm-l6")
