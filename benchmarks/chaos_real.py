@@ -11,7 +11,6 @@ writes benchmarks/results/chaos_real.json and prints a table (see RELIABILITY.md
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -24,10 +23,10 @@ from pathlib import Path
 
 import yaml
 
+from tuneforge.engine.chaos import history, summary, weights_hash
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "sst2"
-TIME_FIELDS = ("train_seconds", "eval_seconds", "samples_per_second", "tokens_per_second", "gflops_per_second",
-               "peak_rss_mb", "finished_at", "resumed_from_step")
 
 
 def cli(args: list[str], work: Path, chaos: str | None = None, timeout: float = 3600) -> tuple[int, float]:
@@ -45,26 +44,6 @@ def cli(args: list[str], work: Path, chaos: str | None = None, timeout: float = 
             p.send_signal(signal.SIGKILL)
         rc = p.wait(timeout=60)
     return rc, time.perf_counter() - t0
-
-
-def weights_hash(run: Path) -> str:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(run / "model" / "model.safetensors"))
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].numpy().tobytes())
-    return h.hexdigest()
-
-
-def history(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def summary(run: Path) -> dict:
-    return {k: v for k, v in json.loads((run / "summary.json").read_text()).items() if k not in TIME_FIELDS}
 
 
 def main() -> int:

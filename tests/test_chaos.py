@@ -7,7 +7,6 @@ n-th occurrence of a named point (tuneforge.engine.chaos), writes a marker file 
 with SIGKILL. `pytest tests/test_chaos.py -s` prints the table."""
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tuneforge.engine.chaos import history, summary, weights_hash
 
 # kill points `point:n` (n-th occurrence in that process; several = killed again after resuming) and what each
 # interrupts. The run: 60 steps = 4 epochs x 15 batches, evaluation (3 batches) and checkpoint every 10 steps.
@@ -30,8 +31,6 @@ KILLS = [
     (["fit_end:1"], "after the last step, before model/ and summary.json"),
     (["step:23", "step:12"], "twice: mid-epoch, then 12 steps after resuming"),
 ]
-TIME_FIELDS = ("train_seconds", "eval_seconds", "samples_per_second", "tokens_per_second", "gflops_per_second",
-               "peak_rss_mb", "finished_at", "resumed_from_step")
 
 
 def _child(argv: list[str], env: dict, log: str) -> None:
@@ -70,27 +69,6 @@ def run(ctx, work: Path, argv: list[str], chaos: str | None = None, timeout: flo
         p.kill()
         pytest.fail(f"run {argv} did not finish in {timeout}s; see {work / 'process.log'}")
     return p.exitcode, marker.read_text().strip() if marker.exists() else ""
-
-
-def weights_hash(run_dir: Path) -> str:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(run_dir / "model" / "model.safetensors"))
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].numpy().tobytes())
-    return h.hexdigest()
-
-
-def history(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"} for line in lines]
-
-
-def summary(run_dir: Path) -> dict:
-    s = json.loads((run_dir / "summary.json").read_text())
-    return {k: v for k, v in s.items() if k not in TIME_FIELDS}
 
 
 @pytest.fixture(scope="module")

@@ -19,19 +19,16 @@ FIRST_TOKEN_HEADS = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
 
 
 def _last_layer(model: nn.Module):
-    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
     if not isinstance(layers, nn.ModuleList) or not len(layers):
         return None
     last = layers[-1]
-    needed = [("attention", "self", "query"), ("attention", "self", "key"), ("attention", "self", "value"),
-              ("attention", "output"), ("intermediate",), ("output",)]
-    for path in needed:
-        obj = last
-        for name in path:
-            obj = getattr(obj, name, None)
-        if obj is None:
-            return None
+    try:  # the BertLayer shape this forward re-implements
+        for path in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output",
+                     "intermediate", "output"):
+            last.get_submodule(path)
+    except AttributeError:
+        return None
     return last
 
 

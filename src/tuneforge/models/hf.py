@@ -38,13 +38,15 @@ def _check_folder(path: Path) -> None:
 
 
 class HFBundle(ModelBundle):
-    first_token_shortcut = False
+    @property
+    def first_token_shortcut(self) -> bool:
+        return self.extra_meta.get("first_token_shortcut", False)
 
     def use_first_token_shortcut(self) -> bool:
         from tuneforge.models.first_token import apply_first_token_shortcut
 
-        self.first_token_shortcut = self.head.kind == "sequence" and apply_first_token_shortcut(self.model)
-        if self.first_token_shortcut:  # eval / predict on the saved model compute exactly what training evaluated
+        if self.head.kind == "sequence" and apply_first_token_shortcut(self.model):
+            # saved in tuneforge.json: eval / predict on the saved model compute exactly what training evaluated
             self.extra_meta["first_token_shortcut"] = True
         return self.first_token_shortcut
 
