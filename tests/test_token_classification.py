@@ -227,6 +227,43 @@ def test_batch_without_labels_has_zero_loss_not_nan(ner_model_dir):
     assert logits.grad is not None
 
 
+@pytest.mark.parametrize("norm", ["dataset", "batch"])
+def test_train_loss_weighs_every_token_equally(ner_model_dir, norm):
+    """token_loss_norm: dataset -> summed token loss / the train mean per batch (a short-sentence batch counts
+    for less than a long one); batch -> this batch's mean (HF). Evaluation's loss is the mean either way."""
+    cfg = load_config({"task": {"type": "token_classification", "token_loss_norm": norm},
+                       "model": str(ner_model_dir), "data": {"dir": "."}, "train": {"batch_size": 2}})
+    task = create_task(cfg, quiet)
+    task.labels = ["O", "B-PER"]
+    task.tokens_per_batch = 6.0
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 2)
+    labels = torch.full((2, 5), IGNORE)
+    labels[0, :2] = torch.tensor([0, 1])  # 3 labelled tokens in this batch, half the train mean
+    labels[1, 1] = 0
+    per_token = torch.nn.functional.cross_entropy(logits[labels != IGNORE], labels[labels != IGNORE],
+                                                  reduction="none")
+    batch = {"labels": labels}
+    assert torch.allclose(task.loss(logits, batch), per_token.mean())
+    want = per_token.sum() / 6.0 if norm == "dataset" else per_token.mean()
+    assert torch.allclose(task.train_loss(logits, batch), want)
+
+
+def test_tokens_per_batch_is_the_train_mean(ner_model_dir, ner_dir):
+    from tuneforge.models import create_model
+
+    cfg = load_config({"task": "token_classification", "model": str(ner_model_dir),
+                       "data": {"dir": str(ner_dir)}, "train": {"batch_size": 4}})
+    task = create_task(cfg, quiet)
+    train, val, _ = task.read_examples("text")
+    task.fit_labels(train, val)
+    bundle = create_model(cfg.model, task.head_spec(), log=quiet)
+    built = task.build(train, bundle, train=True)
+    labelled = sum(int((torch.as_tensor(built.dataset[i]["labels"]) != IGNORE).sum())
+                   for i in range(len(built.dataset)))
+    assert task.tokens_per_batch == pytest.approx(labelled / len(built.dataset) * 4)
+
+
 def test_tag_metrics_entity_level():
     m = TagMetrics(["O", "B-PER", "I-PER", "B-LOC"])
     # sentence 0: "john smith in paris": gold PER(0-1) LOC(3); predicted PER(0) only + LOC(3)

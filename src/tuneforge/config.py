@@ -24,6 +24,9 @@ class TaskConfig(_Section):
     standardize: bool = False  # regression: train on (y - mean) / std of train targets; inverted at predict
     # multilabel decision threshold: tuned on validation (one for all classes, or one per class) or fixed
     threshold: Union[Literal["global", "per_class"], float] = "global"
+    # token tasks: divide each batch's summed token loss by the train set's mean labelled tokens per batch, so every
+    # token weighs the same however length-grouped batching mixes sentences ("batch": this batch's count, as HF)
+    token_loss_norm: Literal["dataset", "batch"] = "dataset"
 
     @field_validator("threshold")
     @classmethod

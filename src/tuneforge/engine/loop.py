@@ -113,7 +113,7 @@ def train_one_epoch(c: Components, state: TrainState) -> None:
         with nullcontext() if sync else acc.no_sync(model):
             with acc.autocast():
                 logits = c.bundle.logits(batch)
-                loss = c.task.loss(logits, batch)
+                loss = c.task.train_loss(logits, batch)
             acc.backward(loss / c.grad_accum)
         state.batch_in_epoch += 1
         state.samples_seen += len(batch["labels"])

@@ -96,6 +96,10 @@ class Task:
             self._loss = LOSSES.get(name, "task.loss")(self.cfg.task, self.class_weights())
         return self._loss(logits, batch["labels"])
 
+    def train_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The loss the optimizer sees; `loss` (also used for evaluation) unless a task normalises differently."""
+        return self.loss(logits, batch)
+
     def new_metrics(self):
         raise NotImplementedError
 

@@ -134,6 +134,11 @@ class TokenClassification(Task):
             raise ConfigError(str(e)) from None
         if train:  # word ids only serve scoring; training labels every word of every window
             del w.features["word_ids"], w.features["sent_id"]
+            labelled = sum(sum(t != IGNORE for t in labels) for labels in w.features["labels"])
+            self.tokens_per_batch = labelled / max(len(w.lengths), 1) * self.cfg.train.batch_size
+            if self.cfg.task.token_loss_norm == "dataset":
+                self.log(f"loss: summed over labelled tokens / {self.tokens_per_batch:.1f} (train mean per batch; "
+                         "task.token_loss_norm: dataset)")
         self._report(ex, w, train)
         collate = PadCollator(tok.pad_token_id, pad_labels=True, extra_pad={"word_ids": IGNORE})
         return Built(TokenizedDataset(w.features, w.lengths), collate, w.lengths, skipped=w.empty_sentences)
@@ -162,6 +167,16 @@ class TokenClassification(Task):
         if not bool((batch["labels"] != IGNORE).any()):
             return logits.sum() * 0.0  # no labelled token in this batch: zero (with a graph), not NaN
         return super().loss(logits, batch)
+
+    def train_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Length-grouped batches of short sentences hold few tokens; a per-batch mean would weigh each of their
+        tokens more than a token in a batch of long ones. Scaling the mean by (tokens here / train mean per batch)
+        gives every token one weight, the objective random batches have in expectation."""
+        loss = self.loss(logits, batch)
+        norm = getattr(self, "tokens_per_batch", None)
+        if self.cfg.task.token_loss_norm == "batch" or not norm:
+            return loss
+        return loss * ((batch["labels"] != IGNORE).sum() / norm)
 
     def new_metrics(self):
         return TagMetrics(self.labels)
