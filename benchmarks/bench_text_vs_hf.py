@@ -90,9 +90,9 @@ def worker_tuneforge(data: Path, args) -> dict:
 
 def run_worker(args) -> None:
     data = Path(args.prepared)
-    if args.worker.startswith("tuneforge"):  # "tuneforge" or "tuneforge:train.freeze_embeddings=true,..."
+    if args.worker.startswith("tuneforge"):  # "tuneforge" or "tuneforge:train.freeze_embeddings=true+model.dropout=0"
         extra = args.worker.partition(":")[2]
-        args.tf_set = args.tf_set + [kv for kv in extra.split(",") if kv]
+        args.tf_set = args.tf_set + [kv for kv in extra.split("+") if kv]
         res = worker_tuneforge(data, args)
     else:
         res = worker_hf(args.worker, data, args)

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 
 import pytest
 import torch
 from transformers import (BertConfig, BertForSequenceClassification, BertForTokenClassification, RobertaConfig,
                           RobertaForSequenceClassification)
 
+from tuneforge.engine.loop import MATH_ATTENTION_BELOW, attention_backend
+from tuneforge.models import set_dropout
 from tuneforge.models.first_token import apply_first_token_shortcut
 from tuneforge.run import train
 
@@ -64,19 +65,50 @@ def test_shortcut_and_precision_are_reported_and_bf16_agrees_with_fp32(text_reci
     assert abs(bf16["eval"]["accuracy"] - fp32["eval"]["accuracy"]) <= 0.05
 
 
-def test_shortcut_off_gives_the_same_training(text_recipe, tiny_bert_dir, tmp_path):
-    """Without dropout (whose masks draw from the RNG per element) the two runs match step for step."""
-    model = tmp_path / "tiny-bert-no-dropout"
-    shutil.copytree(tiny_bert_dir, model)
-    config = json.loads((model / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (model / "config.json").write_text(json.dumps(config))
+def test_shortcut_off_gives_the_same_training(text_recipe, tmp_path):
+    """Without dropout (model.dropout: 0; its masks draw from the RNG per element) the runs match step for step."""
     runs = {}
     for on in (True, False):
-        recipe = text_recipe(model={"name": str(model)}, train={"max_steps": 60, "first_token_shortcut": on})
+        recipe = text_recipe(model={"dropout": 0.0}, train={"max_steps": 60, "first_token_shortcut": on})
         runs[on] = train(recipe, output=str(tmp_path / str(on)), quiet=True)
         assert runs[on].summary["strategies"]["first_token_shortcut"] is on
     a, b = ([json.loads(x) for x in (runs[on].run_dir / "metrics.jsonl").read_text().splitlines()] for on in runs)
     assert [x["step"] for x in a] == [x["step"] for x in b]
     for x, y in zip(a, b):
         assert x["metrics"]["loss"] == pytest.approx(y["metrics"]["loss"], abs=1e-4)
+
+
+def test_model_dropout_reaches_every_layer_and_the_saved_config(text_recipe, tmp_path):
+    r = train(text_recipe(model={"dropout": 0.0}, train={"max_steps": 4}), output=str(tmp_path / "r"), quiet=True)
+    assert r.summary["strategies"]["dropout"] == 0.0
+    saved = json.loads((r.run_dir / "model" / "config.json").read_text())
+    assert saved["hidden_dropout_prob"] == 0.0 and saved["attention_probs_dropout_prob"] == 0.0
+
+    model = _tiny(BertForSequenceClassification, BertConfig)
+    model.head_drop_rate = 0.3  # a float attribute read at forward time (timm's drop_rate, Llama's attention_dropout)
+    assert set_dropout(model, 0.05) > 0
+    assert all(m.p == 0.05 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert model.head_drop_rate == 0.05 and model.config.hidden_dropout_prob == 0.05
+
+
+def test_cpu_math_attention_for_short_batches_matches_the_default_kernel():
+    """Short CPU batches run attention on the math kernel (faster there than flash); same logits and gradients."""
+    cpu = torch.device("cpu")
+    short = {"input_ids": torch.randint(3, 100, (4, 9))}
+    assert not isinstance(attention_backend(short, cpu), type(attention_backend({}, cpu)))
+    long_batch = {"input_ids": torch.zeros(1, MATH_ATTENTION_BELOW, dtype=torch.long)}
+    assert isinstance(attention_backend(long_batch, cpu), type(attention_backend({}, cpu)))  # nullcontext
+    model = _tiny(BertForSequenceClassification, BertConfig)
+    set_dropout(model, 0.0)  # dropout off: PyTorch would pick its flash kernel by default
+    mask = torch.ones_like(short["input_ids"])
+    mask[1, 4:] = 0
+    grads = []
+    for ctx in (attention_backend(short, cpu), copy.copy(attention_backend({}, cpu))):
+        model.zero_grad()
+        with ctx:
+            out = model(input_ids=short["input_ids"], attention_mask=mask, labels=torch.tensor([0, 1, 2, 0]))
+        out.loss.backward()
+        grads.append((out.logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -45,6 +45,8 @@ class ModelConfig(_Section):
     # text pairs: one joint sequence (cross-encoder), or each text encoded alone, mean-pooled and compared
     # (siamese bi-encoder: suits sentence-embedding models such as minilm-l6)
     pair_encoding: Literal["cross", "siamese"] = "cross"
+    # None keeps the checkpoint's dropout; a number sets every dropout layer (and timm's head drop_rate) to it
+    dropout: Optional[float] = Field(None, ge=0.0, lt=1.0)
 
 
 class AugmentConfig(_Section):

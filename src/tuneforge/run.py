@@ -13,7 +13,7 @@ from tuneforge.engine.callbacks import CallbackList, EarlyStopping, MetricsLogge
 from tuneforge.engine import chaos
 from tuneforge.engine.checkpoint import Checkpointer, atomic_write_text, load_weights, publish_dir
 from tuneforge.engine.guards import NanGuard
-from tuneforge.engine.loop import Components, evaluate, fit, make_loader, steps_per_epoch
+from tuneforge.engine.loop import MATH_ATTENTION_BELOW, Components, evaluate, fit, make_loader, steps_per_epoch
 from tuneforge.engine.optim import create_optimizer, create_scheduler, total_steps
 from tuneforge.engine.resume import Resumer, RunContext, open_run_dir, user_errors
 from tuneforge.engine.phases import cached_loaders, feature_cache_usable, phase_train_config, plan_phases, train_mode_fn
@@ -261,7 +261,10 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
                        "layer_decay": tc.layer_decay, "head_lr": tc.head_lr,
                        "channels_last": getattr(bundle, "channels_last", None), "ema": tc.ema,
                        "first_token_shortcut": getattr(bundle, "first_token_shortcut", None),
-                       "group_by_length": cfg.data.group_by_length and bundle.modality == "text"},
+                       "group_by_length": cfg.data.group_by_length and bundle.modality == "text",
+                       "dropout": cfg.model.dropout,
+                       "cpu_attention": (f"math kernel below {MATH_ATTENTION_BELOW} tokens" if
+                                         accelerator.device.type == "cpu" and bundle.modality == "text" else None)},
         "train_seconds": round(state.wall_seconds, 3),
         "samples_seen": state.samples_seen,
         "eval_seconds": round(state.eval_seconds, 3),

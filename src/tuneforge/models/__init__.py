@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from safetensors import SafetensorError
+from torch import nn
 
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.models import hf, siamese, vision  # noqa: F401  (registers the sources and aliases)
@@ -43,9 +44,30 @@ def create_model(cfg, head: HeadSpec, log=print) -> ModelBundle:
             raise ConfigError(f"model.pair_encoding: siamese needs a Hugging Face text model, not {source}")
         source = "hf-siamese"
     bundle = MODEL_SOURCES.get(source, "model.source").load(resolved, head, log=log, **extra)
+    if cfg.dropout is not None:
+        n = set_dropout(bundle.model, cfg.dropout)
+        log(f"model.dropout: {n} dropout setting(s) set to {cfg.dropout}")
     if alias:
         bundle.extra_meta["alias"] = alias
     return bundle
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Every nn.Dropout, every float module attribute named *drop* (timm's drop_rate, Llama's attention_dropout:
+    read at forward time) and the HF config's *dropout* fields (so a saved config says what was trained)."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.p, n = p, n + 1
+            continue
+        for name, value in vars(m).items():
+            if "drop" in name and isinstance(value, float) and not name.startswith("_"):
+                setattr(m, name, p)
+                n += 1
+    config = getattr(model, "config", None)
+    for name in [k for k, v in vars(config).items() if "dropout" in k and isinstance(v, float)] if config else []:
+        setattr(config, name, p)
+    return n
 
 
 def save_model(bundle: ModelBundle, out_dir: Path, extra_meta: dict) -> None:
