@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader
 
 from tuneforge.data.sampling import EpochBatchSampler
@@ -68,8 +69,6 @@ def attention_backend(batch: dict, device):
     lengths = [v.shape[-1] for k, v in batch.items() if k.endswith("input_ids") and isinstance(v, torch.Tensor)]
     if not lengths or max(lengths) >= MATH_ATTENTION_BELOW:
         return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     return sdpa_kernel([SDPBackend.MATH])
 
 

@@ -92,6 +92,7 @@ class TokenClassification(Task):
     head_kind = "token"
     default_metric = "f1"
     file_reader = "conll"
+    tokens_per_batch: Optional[float] = None  # train set's mean labelled tokens per batch (set by build)
 
     def fit_labels(self, train: Examples, val: Examples) -> None:
         self.labels = sorted({t for tags in train.labels for t in tags}, key=_tag_order)
@@ -173,10 +174,9 @@ class TokenClassification(Task):
         tokens more than a token in a batch of long ones. Scaling the mean by (tokens here / train mean per batch)
         gives every token one weight, the objective random batches have in expectation."""
         loss = self.loss(logits, batch)
-        norm = getattr(self, "tokens_per_batch", None)
-        if self.cfg.task.token_loss_norm == "batch" or not norm:
+        if self.cfg.task.token_loss_norm == "batch" or not self.tokens_per_batch:
             return loss
-        return loss * ((batch["labels"] != IGNORE).sum() / norm)
+        return loss * ((batch["labels"] != IGNORE).sum() / self.tokens_per_batch)
 
     def new_metrics(self):
         return TagMetrics(self.labels)
