@@ -90,6 +90,13 @@ def test_model_dropout_reaches_every_layer_and_the_saved_config(text_recipe, tmp
     assert all(m.p == 0.05 for m in model.modules() if isinstance(m, torch.nn.Dropout))
     assert model.head_drop_rate == 0.05 and model.config.hidden_dropout_prob == 0.05
 
+    from timm.layers import DropPath
+
+    model.drop_path = DropPath(0.2)  # stochastic depth (timm's per-block schedule) is not dropout: left alone
+    model.drop_path_rate = 0.2
+    set_dropout(model, 0.0)
+    assert model.drop_path.drop_prob == 0.2 and model.drop_path_rate == 0.2
+
 
 def test_cpu_math_attention_for_short_batches_matches_the_default_kernel():
     """Short CPU batches run attention on the math kernel (faster there than flash); same logits and gradients."""

@@ -54,14 +54,16 @@ def create_model(cfg, head: HeadSpec, log=print) -> ModelBundle:
 
 def set_dropout(model: nn.Module, p: float) -> int:
     """Every nn.Dropout, every float module attribute named *drop* (timm's drop_rate, Llama's attention_dropout:
-    read at forward time) and the HF config's *dropout* fields (so a saved config says what was trained)."""
+    read at forward time) and the HF config's *dropout* fields (so a saved config says what was trained).
+    Drop-path (stochastic depth: timm's per-block drop_prob schedule) is not dropout and stays as it is."""
     n = 0
     for m in model.modules():
         if isinstance(m, nn.modules.dropout._DropoutNd):
             m.p, n = p, n + 1
             continue
         for name, value in vars(m).items():
-            if "drop" in name and isinstance(value, float) and not name.startswith("_"):
+            if ("drop" in name and "path" not in name and name != "drop_prob" and isinstance(value, float)
+                    and not name.startswith("_")):
                 setattr(m, name, p)
                 n += 1
     config = getattr(model, "config", None)
