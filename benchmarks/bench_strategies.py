@@ -33,7 +33,10 @@ SST2 = {
     "fine_tune (1 head epoch, then all)": ["train.head_epochs=1"],
     "fine_tune + gradual unfreeze": ["train.head_epochs=1", "train.epochs=3", "train.gradual_unfreeze=true"],
     "layer-wise LR decay 0.8 (+ head lr 1e-3)": ["train.layer_decay=0.8", "train.head_lr=1e-3", "train.lr=1e-4"],
-    "LoRA r=8 (lr 5e-4)": ["train.lora={r: 8, alpha: 16}", "train.lr=5e-4"],
+    "full fine-tune + gradient checkpointing": ["train.gradient_checkpointing=true"],
+    "LoRA r=8 (lr 5e-4; checkpointing auto: on)": ["train.lora={r: 8, alpha: 16}", "train.lr=5e-4"],
+    "LoRA r=8, no checkpointing": ["train.lora={r: 8, alpha: 16}", "train.lr=5e-4",
+                                   "train.gradient_checkpointing=false"],
     "EMA 0.999": ["train.ema=0.999"],
 }
 IMBALANCE = {r: [f"data.imbalance={r}"] for r in ("none", "auto", "class_weights", "resample", "focal")}
@@ -72,7 +75,8 @@ def worker(recipe: str, sets: list[str]) -> dict:
     return {"accuracy": ev.get("accuracy"), "macro_f1": ev.get("macro_f1"),
             "balanced_accuracy": ev.get("balanced_accuracy"),
             "recall": {k: v.get("recall") for k, v in per_class.items()} if isinstance(per_class, dict) else None,
-            "train_seconds": s["train_seconds"], "peak_rss_mb": s["peak_rss_mb"], "params": s["params"],
+            "train_seconds": s["train_seconds"], "peak_rss_mb": s["peak_rss_mb"],
+            "rss_at_train_start_mb": s["rss_at_train_start_mb"], "params": s["params"],
             "imbalance_remedy": s["data"].get("imbalance_remedy"), "phases": s["strategies"]["phases"]}
 
 
@@ -87,7 +91,8 @@ def run_suite(name: str, recipe: Path, base: list[str], configs: dict[str, list[
         results[label] = {**json.loads(line[0][7:]), "overrides": sets}
         r = results[label]
         print(f"{name:<10}{label:<44}acc {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  "
-              f"bal-acc {r['balanced_accuracy']:.4f}  {r['train_seconds']:7.1f} s  {r['peak_rss_mb']:6.0f} MB"
+              f"bal-acc {r['balanced_accuracy']:.4f}  {r['train_seconds']:7.1f} s  {r['peak_rss_mb']:6.0f} MB "
+              f"(at train start {r['rss_at_train_start_mb']:.0f})"
               f"  recall {r['recall']}", flush=True)
     return results
 

@@ -51,7 +51,7 @@ def recipe(model_dir, data_dir, **task) -> dict:
     return {"task": {"type": "regression", **task}, "model": {"name": str(model_dir)},
             "data": {"dir": str(data_dir), "text_column": "sentence1", "text_pair_column": "sentence2",
                      "label_column": "score", "max_length": 40},
-            "train": {"lr": 3e-3, "max_steps": 80, "batch_size": 16, "precision": "fp32", "threads": THREADS,
+            "train": {"lr": 3e-3, "max_steps": 160, "batch_size": 16, "precision": "fp32", "threads": THREADS,
                       "seed": 0, "schedule": "constant"},
             "eval": {"every_steps": 40}, "output": {"progress": False}}
 

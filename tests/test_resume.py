@@ -315,3 +315,23 @@ def test_evaluation_keeps_only_predictions(reference):
 
 def test_user_error_type():
     assert issubclass(ConfigError, TuneforgeError)
+
+
+def test_best_weights_load_in_place_in_windows(tmp_path):
+    """The end-of-run reload copies into the model slice by slice (small window) and checks the key set."""
+    from tuneforge.engine.checkpoint import CheckpointError, load_weights_into, save_weights
+
+    def model():
+        return torch.nn.Sequential(torch.nn.Embedding(3000, 64), torch.nn.Linear(64, 3), torch.nn.BatchNorm1d(3))
+
+    src, dst = model(), model()
+    src[2].running_mean.fill_(3.0)
+    src[2].num_batches_tracked.fill_(7)
+    save_weights(tmp_path / "w.safetensors", src.state_dict())
+    before = dst[0].weight.data_ptr()
+    load_weights_into(dst, tmp_path / "w.safetensors", window_mb=0.1)  # 1,638 rows per slice: 2 slices
+    assert dst[0].weight.data_ptr() == before  # in place
+    for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        load_weights_into(torch.nn.Linear(64, 3), tmp_path / "w.safetensors")

@@ -119,3 +119,22 @@ def test_cpu_math_attention_for_short_batches_matches_the_default_kernel():
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_pad_to_multiple_rounds_widths_and_gives_the_same_training(text_recipe, tmp_path):
+    """Widths round up to data.pad_to_multiple_of (fewer shapes); the extra padding is masked, so without dropout
+    (whose masks depend on the shape) the runs match step for step."""
+    from tuneforge.data.text import PadCollator
+
+    rows = [{"input_ids": [5] * n, "attention_mask": [1] * n, "labels": n % 2} for n in (3, 9)]
+    batch = PadCollator(0, multiple=8)(rows)
+    assert batch["input_ids"].shape == (2, 16) and batch["attention_mask"].sum().item() == 12
+    runs = {}
+    for m in (1, 8):
+        recipe = text_recipe(model={"dropout": 0.0}, data={"pad_to_multiple_of": m}, train={"max_steps": 40})
+        runs[m] = train(recipe, output=str(tmp_path / str(m)), quiet=True)
+        assert runs[m].summary["strategies"]["pad_to_multiple_of"] == m
+    a, b = ([json.loads(x) for x in (runs[m].run_dir / "metrics.jsonl").read_text().splitlines()] for m in runs)
+    assert [x["step"] for x in a] == [x["step"] for x in b]
+    for x, y in zip(a, b):
+        assert x["metrics"]["loss"] == pytest.approx(y["metrics"]["loss"], abs=1e-4)

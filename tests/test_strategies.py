@@ -87,6 +87,33 @@ def test_lora_trains_saves_adapter_and_exports_merged(text_recipe, tmp_path):
     assert (r.run_dir / "adapter" / "adapter_model.safetensors").is_file()
     model = AutoModelForSequenceClassification.from_pretrained(r.run_dir / "model")
     assert not any("lora" in n for n in model.state_dict())
+    assert r.summary["strategies"]["gradient_checkpointing"] is True  # auto: on with LoRA
+
+
+@pytest.mark.parametrize("recipe", ["text_recipe", "image_recipe"])
+def test_gradient_checkpointing_gives_the_same_training(recipe, request, tmp_path):
+    """Recomputing activations in backward (dropout masks included) must not change what is learned."""
+    make = request.getfixturevalue(recipe)
+    runs = {on: train(make(train={"max_steps": 10, "gradient_checkpointing": on}, eval={"every_steps": 5}),
+                      output=str(tmp_path / str(on)), quiet=True) for on in (False, True)}
+    assert runs[True].summary["strategies"]["gradient_checkpointing"] is True
+    assert runs[False].summary["strategies"]["gradient_checkpointing"] is False
+    for a, b in zip(metrics_lines(runs[False].run_dir), metrics_lines(runs[True].run_dir)):
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(a[k], float) and "seconds" not in k and "per_second" not in k:
+                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k
+
+
+def test_gradient_checkpointing_on_a_model_without_it(text_recipe, tmp_path, monkeypatch):
+    from tuneforge.models.hf import HFBundle
+
+    monkeypatch.setattr(HFBundle, "use_gradient_checkpointing", lambda self: False)
+    with pytest.raises(ConfigError, match="gradient_checkpointing: false"):
+        train(text_recipe(train={"gradient_checkpointing": True}), output=str(tmp_path / "a"), quiet=True)
+    r = train(text_recipe(train={"lora": {"r": 4, "alpha": 8}, "max_steps": 5}), output=str(tmp_path / "b"),
+              quiet=True)  # auto: LoRA still trains, with activations kept
+    assert r.summary["strategies"]["gradient_checkpointing"] is False
 
 
 def test_lora_with_unknown_target_modules_is_an_error(text_recipe, tmp_path):

@@ -86,6 +86,9 @@ class DataConfig(_Section):
     # max_length (None: a quarter of the window)
     window_overlap: Optional[int] = Field(None, ge=0)
     group_by_length: bool = True  # text: shuffled mega-batches sorted by length (less padding)
+    # text: batch widths rounded up to a multiple of this. Fewer distinct shapes keep CPU (oneDNN) kernels cached
+    # and memory from growing with every new length; 1 = pad to the longest only
+    pad_to_multiple_of: int = Field(8, ge=1)
     image_size: Optional[int] = Field(None, gt=7)  # None: the model's own input size
     augment: AugmentConfig = AugmentConfig()
     num_workers: int = Field(0, ge=0)
@@ -120,6 +123,9 @@ class TrainConfig(_Section):
     head_epochs: float = Field(0.0, ge=0.0)  # fastai-style fine_tune: head-only epochs first, then unfreeze
     gradual_unfreeze: bool = False  # after the head phase, unfreeze one layer group per epoch, top down
     lora: Optional[LoraConfig] = None
+    # recompute block activations in backward (~30% more compute, far less activation memory);
+    # auto: on with LoRA, whose point is a small memory footprint
+    gradient_checkpointing: Union[Literal["auto"], bool] = "auto"
     ema: Optional[float] = Field(None, gt=0.0, lt=1.0)  # EMA decay of weights used for eval and the kept model
     feature_cache: bool = True  # frozen backbone + deterministic inputs: compute features once, train the head
     channels_last: bool = True  # image models: NHWC memory format (faster convolutions on CPU and GPU)

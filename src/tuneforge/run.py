@@ -11,7 +11,7 @@ from typing import Any, Optional
 from tuneforge.config import Config, load_config, to_yaml
 from tuneforge.engine.callbacks import CallbackList, EarlyStopping, MetricsLogger, ProgressBar, TrainState
 from tuneforge.engine import chaos
-from tuneforge.engine.checkpoint import Checkpointer, atomic_write_text, load_weights, publish_dir
+from tuneforge.engine.checkpoint import Checkpointer, atomic_write_text, load_weights_into, publish_dir
 from tuneforge.engine.guards import NanGuard
 from tuneforge.engine.loop import MATH_ATTENTION_BELOW, Components, evaluate, fit, make_loader, steps_per_epoch
 from tuneforge.engine.optim import create_optimizer, create_scheduler, total_steps
@@ -22,12 +22,12 @@ from tuneforge.metrics import scalars
 from tuneforge.models import MODEL_SOURCES, create_model, save_model
 from tuneforge.models.base import write_json
 from tuneforge.models import resolve_source
-from tuneforge.strategies import (WeightEMA, apply_freeze, apply_lora, freeze_lower_layers, head_names, merge_lora,
-                                  unfreeze_all)
+from tuneforge.strategies import (WeightEMA, apply_freeze, apply_gradient_checkpointing, apply_lora,
+                                  freeze_lower_layers, head_names, merge_lora, unfreeze_all)
 from tuneforge.data.report import build_report, describe
 from tuneforge.tasks import create_task
-from tuneforge.utils import (RunLog, console, count_params, peak_rss_mb, resolve_precision, seed_everything,
-                             set_threads)
+from tuneforge.utils import (RunLog, console, count_params, peak_rss_mb, resolve_precision, rss_mb,
+                             seed_everything, set_threads)
 
 
 @dataclass
@@ -111,6 +111,7 @@ def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = Non
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     log.attach(plot_path.with_suffix(".log"))
     apply_freeze(bundle, cfg.train, log)
+    apply_gradient_checkpointing(bundle, cfg.train, log)
     if cfg.train.lora is not None:
         apply_lora(bundle, cfg.train.lora, log)
     loader = make_loader(data.train_built, cfg.train.batch_size, True, cfg.train.seed, cfg.data.num_workers)
@@ -151,6 +152,7 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
         bundle.use_channels_last()
     if tc.first_token_shortcut and hasattr(bundle, "use_first_token_shortcut") and bundle.use_first_token_shortcut():
         log("speed: the last encoder layer runs for the first token only (the classifier reads nothing else)")
+    checkpointing = apply_gradient_checkpointing(bundle, tc, log)
     if tc.lora is not None:
         apply_lora(bundle, tc.lora, log)
     train_loader = make_loader(train_built, tc.batch_size, True, tc.seed, cfg.data.num_workers,
@@ -167,6 +169,7 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
     params = count_params(full_model)
     log(f"params: {params['trainable']:,} trainable / {params['frozen']:,} frozen "
         f"({100 * params['trainable'] / max(params['total'], 1):.1f}% train)")
+    rss_at_start = rss_mb()  # runtime + model + data: what training adds is peak_rss_mb minus this
 
     # 4. train, phase by phase (one phase unless train.head_epochs asks for fastai-style fine_tune)
     metric = cfg.eval.metric or task.default_metric
@@ -231,7 +234,7 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
 
     # 5. keep the best model, evaluate it, write model/ and summary.json
     unwrapped = accelerator.unwrap_model(full_model)
-    unwrapped.load_state_dict(load_weights(checkpointer.best_path()))
+    load_weights_into(unwrapped, checkpointer.best_path())  # in place: no second copy at the peak
     bundle.model = unwrapped
     merge_lora(bundle, run_dir / "adapter" if tc.lora is not None else None)
     final = evaluate(bundle, task, val_loader, accelerator)
@@ -262,7 +265,8 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
                        "channels_last": getattr(bundle, "channels_last", None), "ema": tc.ema,
                        "first_token_shortcut": getattr(bundle, "first_token_shortcut", None),
                        "group_by_length": cfg.data.group_by_length and bundle.modality == "text",
-                       "dropout": cfg.model.dropout,
+                       "pad_to_multiple_of": cfg.data.pad_to_multiple_of if bundle.modality == "text" else None,
+                       "dropout": cfg.model.dropout, "gradient_checkpointing": checkpointing,
                        "cpu_attention": (f"math kernel below {MATH_ATTENTION_BELOW} tokens" if
                                          accelerator.device.type == "cpu" and bundle.modality == "text" else None)},
         "train_seconds": round(state.wall_seconds, 3),
@@ -270,6 +274,7 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
         "eval_seconds": round(state.eval_seconds, 3),
         **throughput(state, bundle),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "rss_at_train_start_mb": None if rss_at_start is None else round(rss_at_start, 1),
         "precision": precision,
         "threads": threads,
         "params": params,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+import warnings
 from contextlib import contextmanager
 from typing import Optional
 
@@ -112,6 +113,26 @@ def set_train_mode(model: nn.Module, freeze_norm_stats: bool = False, head: Opti
             m.eval()
 
 
+# ---------------------------------------------------------------- gradient checkpointing
+
+
+def apply_gradient_checkpointing(bundle, tc, log=print) -> bool:
+    """train.gradient_checkpointing: true / false, or auto (on with LoRA). Returns whether it is on."""
+    wanted = tc.gradient_checkpointing
+    if wanted == "auto":
+        wanted = tc.lora is not None
+    if not wanted:
+        return False
+    if bundle.use_gradient_checkpointing():
+        log("memory: gradient checkpointing on (block activations are recomputed in backward)")
+        return True
+    if tc.gradient_checkpointing is True:
+        raise ConfigError(f"train.gradient_checkpointing: model '{bundle.name}' ({bundle.source}) does not support "
+                          "it; set train.gradient_checkpointing: false")
+    log(f"memory: model '{bundle.name}' has no gradient checkpointing; activations are kept")
+    return False
+
+
 # ---------------------------------------------------------------- LoRA
 
 
@@ -139,7 +160,9 @@ def apply_lora(bundle, lcfg, log=print) -> None:
     config = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout, target_modules=targets,
                         modules_to_save=[head] if head else None, task_type=kind if is_hf else None)
     try:
-        bundle.model = get_peft_model(bundle.model, config)
+        with warnings.catch_warnings():  # peft asks transformers 5 for a renamed attribute; nothing for users to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            bundle.model = get_peft_model(bundle.model, config)
     except (ValueError, KeyError) as e:
         msg = str(e).splitlines()[0][:200]
         raise ConfigError(f"train.lora.target_modules: {msg}; set module names that exist in the model") from None

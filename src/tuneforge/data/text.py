@@ -77,8 +77,9 @@ class PadCollator:
     """Pads token-id lists to the longest in the batch; per-example labels are stacked (token labels padded)."""
 
     def __init__(self, pad_id: int, label_dtype: torch.dtype = torch.long, pad_labels: bool = False,
-                 extra_pad: Optional[dict[str, int]] = None):
+                 extra_pad: Optional[dict[str, int]] = None, multiple: int = 1):
         self.pad = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0}
+        self.multiple = multiple  # widths rounded up to it: fewer distinct shapes
         if pad_labels:  # token-level labels: pad positions are ignored by the loss
             self.pad["labels"] = -100
         self.pad.update(extra_pad or {})  # other per-token features (e.g. word ids, padded as ignored)
@@ -91,6 +92,7 @@ class PadCollator:
             dtype = self.label_dtype if key == "labels" else torch.long
             if isinstance(values[0], (list, tuple)) and key in self.pad:
                 width = max(len(v) for v in values)  # per key: the two sides of a siamese pair differ
+                width = -(-width // self.multiple) * self.multiple
                 t = torch.full((len(rows), width), self.pad[key], dtype=dtype)
                 for i, v in enumerate(values):
                     t[i, :len(v)] = torch.as_tensor(v, dtype=dtype)

@@ -77,7 +77,7 @@ def reset() -> None:
 
 # summary.json fields that measure time or the process, not the training result
 TIME_FIELDS = ("train_seconds", "eval_seconds", "samples_per_second", "tokens_per_second", "gflops_per_second",
-               "peak_rss_mb", "finished_at", "resumed_from_step")
+               "peak_rss_mb", "rss_at_train_start_mb", "finished_at", "resumed_from_step")
 
 
 def weights_hash(run_dir: Path) -> str:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_bytes
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from tuneforge.engine import chaos
 from tuneforge.engine.state import cpu_tensors
@@ -65,9 +65,33 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str,
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
+def load_weights_into(model: torch.nn.Module, path: Path, window_mb: float = 16) -> None:
+    """The weights file at `path` into `model` in place, `window_mb` at a time (large tensors in row slices), so
+    loading the best checkpoint at the end of a run adds no second copy of the model to the peak memory.
+    safetensors memory-maps the file and pages read stay resident until it is closed: it is reopened per window."""
+    own = model.state_dict()
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+        if keys != set(own):
+            missing, extra = sorted(set(own) - keys), sorted(keys - set(own))
+            raise CheckpointError(f"checkpoint '{path}' does not match the model (missing {missing[:3]}, "
+                                  f"unexpected {extra[:3]}); use the checkpoint of this run")
+        pieces = []  # (key, row slice or None), each at most ~window_mb
+        for key, t in own.items():
+            row_bytes = t[0].numel() * t.element_size() if t.dim() > 1 else 0
+            step = max(1, int(window_mb * (1 << 20)) // row_bytes) if row_bytes else 0
+            pieces += [(key, slice(a, a + step)) for a in range(0, len(t), step)] if step else [(key, None)]
+        pieces.reverse()
+        with torch.no_grad():
+            while pieces:
+                with safe_open(str(path), framework="pt") as f:
+                    read = 0
+                    while pieces and read < window_mb * (1 << 20):
+                        key, rows = pieces.pop()
+                        target = own[key] if rows is None else own[key][rows]
+                        target.copy_(f.get_tensor(key) if rows is None else f.get_slice(key)[rows])
+                        read += target.numel() * target.element_size()
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint '{path}' is truncated or corrupt ({str(e).splitlines()[0][:100]}); "
                               "use another checkpoint") from None

@@ -54,7 +54,8 @@ def feature_cache_usable(cfg, bundle, phase: Phase) -> Optional[str]:
 def cached_loaders(cfg, bundle, head: str, train_ex, val_ex, train_built, val_built, accelerator, log):
     """Train/val loaders over stored backbone features, plus the head-only stand-in for the bundle."""
     pre = {"precision": str(accelerator.mixed_precision), "max_length": cfg.data.max_length,
-           "image_size": cfg.data.image_size, "image_cfg": bundle.image_cfg, "augment": False}
+           "pad_to_multiple_of": cfg.data.pad_to_multiple_of, "image_size": cfg.data.image_size,
+           "image_cfg": bundle.image_cfg, "augment": False}
     bs = cfg.eval.batch_size or 2 * cfg.train.batch_size
     loaders = []
     for ex, built, train in ((train_ex, train_built, True), (val_ex, val_built, False)):

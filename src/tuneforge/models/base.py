@@ -41,6 +41,10 @@ class ModelBundle:
         """Write the model in its library's own loadable format (not counting tuneforge.json)."""
         raise NotImplementedError
 
+    def use_gradient_checkpointing(self) -> bool:
+        """Recompute each block's activations in backward instead of keeping them; False if unsupported."""
+        return False
+
     def meta(self) -> dict:
         return {"source": self.source, "name": self.name, "modality": self.modality,
                 "head": self.head.__dict__, "image_cfg": self.image_cfg, **self.extra_meta}

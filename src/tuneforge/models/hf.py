@@ -50,6 +50,17 @@ class HFBundle(ModelBundle):
             self.extra_meta["first_token_shortcut"] = True
         return self.first_token_shortcut
 
+    def use_gradient_checkpointing(self) -> bool:
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            return False
+        # non-reentrant: gradients reach LoRA adapters even though the embeddings' outputs need no grad
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # the transformers 5.x name
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        return True
+
     def logits(self, batch: dict) -> torch.Tensor:
         return self.model(**{k: batch[k] for k in TEXT_INPUTS if k in batch}).logits
 

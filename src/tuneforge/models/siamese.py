@@ -63,14 +63,15 @@ class SiameseBundle(ModelBundle):
         self.tokenizer.save_pretrained(out_dir)
 
 
-def pair_features(tokenizer, texts: list[str], pairs: list[str], max_length: int):
+def pair_features(tokenizer, texts: list[str], pairs: list[str], max_length: int, pad_multiple: int = 1):
     """Both sides tokenized alone; the second side's features are prefixed with pair_."""
     a = tokenize_texts(tokenizer, texts, None, max_length)
     b = tokenize_texts(tokenizer, pairs, None, max_length)
     features = {**a, **{f"pair_{k}": v for k, v in b.items()}}
     lengths = [max(len(x), len(y)) for x, y in zip(a["input_ids"], b["input_ids"])]
     pad = {**PAIR_PAD, "pair_input_ids": tokenizer.pad_token_id}
-    return features, lengths, lambda label_dtype: PadCollator(tokenizer.pad_token_id, label_dtype, extra_pad=pad)
+    return features, lengths, lambda label_dtype: PadCollator(tokenizer.pad_token_id, label_dtype, extra_pad=pad,
+                                                             multiple=pad_multiple)
 
 
 @MODEL_SOURCES.register("hf-siamese")

@@ -62,6 +62,13 @@ class VisionBundle(ModelBundle):
 
 
 class TimmBundle(VisionBundle):
+    def use_gradient_checkpointing(self) -> bool:
+        try:
+            self.model.set_grad_checkpointing(True)
+        except (AssertionError, NotImplementedError, AttributeError):
+            return False
+        return True
+
     def save(self, out_dir: Path) -> None:
         from timm.models import save_for_hf
 

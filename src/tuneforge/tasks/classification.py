@@ -43,7 +43,8 @@ def build_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, cache: Opt
         if labels is not None:
             features["labels"] = labels
         lengths = [len(ids) for ids in features["input_ids"]]
-        return Built(TokenizedDataset(features, lengths), PadCollator(bundle.tokenizer.pad_token_id, label_dtype),
+        return Built(TokenizedDataset(features, lengths), PadCollator(bundle.tokenizer.pad_token_id, label_dtype,
+                                                                    multiple=cfg.data.pad_to_multiple_of),
                      lengths)
     size = cfg.data.image_size or bundle.image_cfg["input_size"][-1]
     aug = cfg.data.augment
@@ -58,7 +59,8 @@ def _siamese_inputs(bundle: ModelBundle, texts, pairs, cfg, labels, label_dtype)
 
     if pairs is None:
         raise ConfigError("model.pair_encoding: siamese needs text pairs; set data.text_pair_column")
-    features, lengths, collate = pair_features(bundle.tokenizer, texts, pairs, cfg.data.max_length)
+    features, lengths, collate = pair_features(bundle.tokenizer, texts, pairs, cfg.data.max_length,
+                                               cfg.data.pad_to_multiple_of)
     if labels is not None:
         features["labels"] = labels
     return Built(TokenizedDataset(features, lengths), collate(label_dtype), lengths)

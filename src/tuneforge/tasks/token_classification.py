@@ -141,7 +141,8 @@ class TokenClassification(Task):
                 self.log(f"loss: summed over labelled tokens / {self.tokens_per_batch:.1f} (train mean per batch; "
                          "task.token_loss_norm: dataset)")
         self._report(ex, w, train)
-        collate = PadCollator(tok.pad_token_id, pad_labels=True, extra_pad={"word_ids": IGNORE})
+        collate = PadCollator(tok.pad_token_id, pad_labels=True, extra_pad={"word_ids": IGNORE},
+                              multiple=self.cfg.data.pad_to_multiple_of)
         return Built(TokenizedDataset(w.features, w.lengths), collate, w.lengths, skipped=w.empty_sentences)
 
     def _report(self, ex: Examples, w, train: bool) -> None:
