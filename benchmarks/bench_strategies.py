@@ -37,6 +37,9 @@ SST2 = {
     "LoRA r=8 (lr 5e-4; checkpointing auto: on)": ["train.lora={r: 8, alpha: 16}", "train.lr=5e-4"],
     "LoRA r=8, no checkpointing": ["train.lora={r: 8, alpha: 16}", "train.lr=5e-4",
                                    "train.gradient_checkpointing=false"],
+    "full fine-tune, widths padded to a multiple of 8": ["data.pad_to_multiple_of=8"],
+    "LoRA r=8 (checkpointing on), widths padded to a multiple of 8": ["train.lora={r: 8, alpha: 16}", "train.lr=5e-4",
+                                                                     "data.pad_to_multiple_of=8"],
     "EMA 0.999": ["train.ema=0.999"],
 }
 IMBALANCE = {r: [f"data.imbalance={r}"] for r in ("none", "auto", "class_weights", "resample", "focal")}

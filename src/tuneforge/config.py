@@ -86,9 +86,9 @@ class DataConfig(_Section):
     # max_length (None: a quarter of the window)
     window_overlap: Optional[int] = Field(None, ge=0)
     group_by_length: bool = True  # text: shuffled mega-batches sorted by length (less padding)
-    # text: batch widths rounded up to a multiple of this. Fewer distinct shapes keep CPU (oneDNN) kernels cached
-    # and memory from growing with every new length; 1 = pad to the longest only
-    pad_to_multiple_of: int = Field(8, ge=1)
+    # text: batch widths rounded up to a multiple of this (1 = to the longest only). Fewer distinct shapes keep
+    # CPU (oneDNN) kernels cached and RSS from growing with each new length, but short texts carry more padding
+    pad_to_multiple_of: int = Field(1, ge=1)
     image_size: Optional[int] = Field(None, gt=7)  # None: the model's own input size
     augment: AugmentConfig = AugmentConfig()
     num_workers: int = Field(0, ge=0)
