@@ -22,8 +22,8 @@ from tuneforge.metrics import scalars
 from tuneforge.models import MODEL_SOURCES, create_model, save_model
 from tuneforge.models.base import write_json
 from tuneforge.models import resolve_source
-from tuneforge.strategies import (WeightEMA, apply_freeze, apply_gradient_checkpointing, apply_lora,
-                                  freeze_lower_layers, head_names, merge_lora, unfreeze_all)
+from tuneforge.strategies import (WeightEMA, apply_freeze, freeze_lower_layers, head_names, merge_lora,
+                                  prepare_trainable, unfreeze_all)
 from tuneforge.data.report import build_report, describe
 from tuneforge.tasks import create_task
 from tuneforge.utils import (RunLog, console, count_params, peak_rss_mb, resolve_precision, rss_mb,
@@ -110,10 +110,7 @@ def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = Non
     plot_path = Path(plot or f"lr_find-{cfg.output.name or 'run'}.png")
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     log.attach(plot_path.with_suffix(".log"))
-    apply_freeze(bundle, cfg.train, log)
-    apply_gradient_checkpointing(bundle, cfg.train, log)
-    if cfg.train.lora is not None:
-        apply_lora(bundle, cfg.train.lora, log)
+    prepare_trainable(bundle, cfg.train, log)
     loader = make_loader(data.train_built, cfg.train.batch_size, True, cfg.train.seed, cfg.data.num_workers)
     accelerator = _accelerator(resolve_precision(cfg.train.precision))
     result = lr_range_test(bundle, task, loader, cfg.train, accelerator, plot_path, log)
@@ -147,14 +144,11 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
     seed_everything(cfg.train.seed)  # model init above consumed RNG differently per source
     tc = cfg.train
     accelerator = _accelerator(precision)
-    apply_freeze(bundle, tc, log)
     if tc.channels_last and hasattr(bundle, "use_channels_last"):
         bundle.use_channels_last()
     if tc.first_token_shortcut and hasattr(bundle, "use_first_token_shortcut") and bundle.use_first_token_shortcut():
         log("speed: the last encoder layer runs for the first token only (the classifier reads nothing else)")
-    checkpointing = apply_gradient_checkpointing(bundle, tc, log)
-    if tc.lora is not None:
-        apply_lora(bundle, tc.lora, log)
+    checkpointing = prepare_trainable(bundle, tc, log)
     train_loader = make_loader(train_built, tc.batch_size, True, tc.seed, cfg.data.num_workers,
                                cfg.data.group_by_length)
     val_loader = make_loader(val_built, cfg.eval.batch_size or 2 * tc.batch_size, False, tc.seed,
@@ -274,7 +268,7 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
         "eval_seconds": round(state.eval_seconds, 3),
         **throughput(state, bundle),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "rss_at_train_start_mb": None if rss_at_start is None else round(rss_at_start, 1),
+        "rss_at_train_start_mb": round(rss_at_start, 1),
         "precision": precision,
         "threads": threads,
         "params": params,

@@ -133,6 +133,16 @@ def apply_gradient_checkpointing(bundle, tc, log=print) -> bool:
     return False
 
 
+def prepare_trainable(bundle, tc, log=print) -> bool:
+    """Freezing, then gradient checkpointing, then LoRA (which wraps the frozen, checkpointed model).
+    Returns whether gradient checkpointing is on."""
+    apply_freeze(bundle, tc, log)
+    checkpointing = apply_gradient_checkpointing(bundle, tc, log)
+    if tc.lora is not None:
+        apply_lora(bundle, tc.lora, log)
+    return checkpointing
+
+
 # ---------------------------------------------------------------- LoRA
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import psutil
 import torch
 from rich.console import Console
 
@@ -74,13 +75,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def rss_mb() -> Optional[float]:
-    """Resident memory now (Linux); None where /proc is missing."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-    except (OSError, ValueError):
-        return None
+def rss_mb() -> float:
+    """Resident memory now."""
+    return psutil.Process().memory_info().rss / 2 ** 20
 
 
 def count_params(model: torch.nn.Module) -> dict:

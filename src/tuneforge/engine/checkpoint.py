@@ -79,7 +79,7 @@ def load_weights_into(model: torch.nn.Module, path: Path, window_mb: float = 16)
                                   f"unexpected {extra[:3]}); use the checkpoint of this run")
         pieces = []  # (key, row slice or None), each at most ~window_mb
         for key, t in own.items():
-            row_bytes = t[0].numel() * t.element_size() if t.dim() > 1 else 0
+            row_bytes = t[0].numel() * t.element_size() if t.dim() > 1 and len(t) else 0
             step = max(1, int(window_mb * (1 << 20)) // row_bytes) if row_bytes else 0
             pieces += [(key, slice(a, a + step)) for a in range(0, len(t), step)] if step else [(key, None)]
         pieces.reverse()
