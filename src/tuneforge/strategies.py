@@ -146,11 +146,25 @@ def prepare_trainable(bundle, tc, log=print) -> bool:
 # ---------------------------------------------------------------- LoRA
 
 
+# attention query / value projections by their names in transformers models (LoRA's usual targets)
+QUERY_VALUE_NAMES = (("query", "value"), ("q_proj", "v_proj"), ("q", "v"), ("q_lin", "v_lin"), ("c_attn",),
+                     ("query_key_value",), ("Wqkv",), ("qkv_proj",))
+
+
 def _default_targets(model: nn.Module, head: Optional[str]) -> Optional[list[str]]:
-    """peft knows transformers architectures (None = its default); for timm and torchvision models, adapt every
-    Linear and 1x1 / grouped-free Conv2d outside the head."""
+    """transformers: peft's per-architecture default (None) where peft has one, else the attention query / value
+    projections found by name. timm and torchvision: every Linear and 1x1 / grouped-free Conv2d outside the head."""
     if hasattr(model, "config") and hasattr(model.config, "model_type"):
-        return None
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+        if model.config.model_type in PEFT_DEFAULTS:
+            return None
+        linear = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        for names in QUERY_VALUE_NAMES:
+            if set(names) <= linear:
+                return list(names)
+        raise ConfigError(f"train.lora: no default target modules for model type '{model.config.model_type}'; "
+                          f"set train.lora.target_modules (Linear layers here: {', '.join(sorted(linear)[:12])})")
     names = set()
     for name, m in model.named_modules():
         if head and (name == head or name.startswith(head + ".")):

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
+import types
 from pathlib import Path
 
 import torch
 import transformers
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoTokenizer
 
@@ -52,7 +55,7 @@ class HFBundle(ModelBundle):
 
     def use_gradient_checkpointing(self) -> bool:
         if not getattr(self.model, "supports_gradient_checkpointing", False):
-            return False
+            return checkpoint_blocks(self.model)  # e.g. MPNet: transformers has no checkpointing for it
         # non-reentrant: gradients reach LoRA adapters even though the embeddings' outputs need no grad
         kwargs = {"use_reentrant": False}
         if hasattr(self.model, "activation_checkpointing_enable"):  # the transformers 5.x name
@@ -68,6 +71,27 @@ class HFBundle(ModelBundle):
         self.model.save_pretrained(out_dir, safe_serialization=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(out_dir)
+
+
+def checkpoint_blocks(model: nn.Module) -> bool:
+    """Activation checkpointing for an architecture transformers does not checkpoint: each block of the longest
+    ModuleList of same-type blocks (the encoder / decoder layers) recomputes its activations in backward.
+    Non-reentrant, so keyword arguments pass through and gradients reach LoRA adapters; the RNG state is restored,
+    so dropout masks match. False when the model has no such list."""
+    lists = [m for m in model.modules()
+             if isinstance(m, nn.ModuleList) and len(m) >= 2 and len({type(b) for b in m}) == 1]
+    if not lists:
+        return False
+    for block in max(lists, key=len):
+        block._unchecked_forward = block.forward  # a bound method: deepcopy rebinds it to the copy
+        block.forward = types.MethodType(_checkpointed_forward, block)
+    return True
+
+
+def _checkpointed_forward(self, *args, **kwargs):
+    if self.training and torch.is_grad_enabled():
+        return checkpoint(self._unchecked_forward, *args, use_reentrant=False, **kwargs)
+    return self._unchecked_forward(*args, **kwargs)
 
 
 def _auto_class(head: HeadSpec):
