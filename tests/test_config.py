@@ -1,6 +1,8 @@
 """Recipe validation: every mistake is one ConfigError line that names the key and what is allowed."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -208,3 +210,11 @@ def test_to_yaml_round_trips():
     cfg = load_config(base(train={"lr": 1e-4, "betas": [0.8, 0.95]}))
     again = load_config(yaml.safe_load(to_yaml(cfg)))
     assert again == cfg
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_recipes_validate(recipe):
+    """Every recipe in recipes/ passes the schema (data.dir is the one key each leaves to the command line)."""
+    cfg = load_config(recipe, ["data.dir=/some/data"])
+    assert cfg.model.name and cfg.data.dir == "/some/data"
