@@ -23,9 +23,10 @@ from pathlib import Path
 
 import yaml
 
-from tuneforge.engine.chaos import history, summary, weights_hash
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from chaos_helpers import history, summary, weights_hash  # noqa: E402  (test helpers, shared with test_chaos.py)
+
 DATA = ROOT.parent / "shared" / "data" / "sst2"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneforge.engine.chaos import history, summary, weights_hash
+from chaos_helpers import history, summary, weights_hash
 
 # kill points `point:n` (n-th occurrence in that process; several = killed again after resuming) and what each
 # interrupts. The run: 60 steps = 4 epochs x 15 batches, evaluation (3 batches) and checkpoint every 10 steps.

@@ -471,7 +471,7 @@ def test_labels_are_learnt_from_train(tmp_path):
     train = Examples(["a", "b", "c", "d"], [10, 9, 2.0, "9"], ["l1", "l2", "l3", "l4"])
     task.fit_labels(train, Examples(["e"], ["10"], ["l5"]))
     assert task.labels == ["2", "9", "10"]  # numeric order, 2.0 read as 2
-    assert task.label_ids(train) == [2, 1, 0, 1]
+    assert task.encode_labels(train) == [2, 1, 0, 1]
 
 
 def test_unknown_val_label_names_the_label(tmp_path):

@@ -13,7 +13,8 @@ import tuneforge
 from conftest import FILLER, NEGATIVE, POSITIVE, THREADS, make_color_image
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.predict import Predictor
-from tuneforge.tasks.multilabel import parse_labels, tune_thresholds
+from tuneforge.metrics import tune_thresholds
+from tuneforge.tasks.multilabel import parse_labels
 
 
 def quiet(*_a, **_k):
@@ -94,22 +95,22 @@ def test_thresholds_saved_and_reused_by_eval(ml_run, ml_dir):
     again = pred.evaluate(ml_dir / "dev.jsonl")
     for k in ("micro_f1", "macro_f1", "subset_accuracy", "loss"):
         assert again[k] == ml_run.metrics[k], k
-    pred.task.thresholds = [0.999] * 3  # eval really uses the task's thresholds, never re-tunes them
+    pred.task.thresholds.values = [0.999] * 3  # eval really uses the task's thresholds, never re-tunes them
     assert pred.evaluate(ml_dir / "dev.jsonl")["micro_f1"] < again["micro_f1"]
 
 
 def test_predict_applies_saved_thresholds(ml_run):
     pred = Predictor(ml_run.run_dir, log=quiet)
-    saved = dict(zip(pred.task.labels, pred.task.thresholds))
+    saved = dict(zip(pred.task.labels, pred.task.thresholds.values))
     texts = ["the movie was good and the music was awful", "the plot was the plot", "a terrible film"]
     out = pred.predict(texts)
     # the tiny model has learnt the clear cues (mixed sentiment in one sentence is left to the thresholds below)
     assert "music" in out[0]["labels"] and "neg" in out[2]["labels"] and "music" not in out[2]["labels"]
     for row in out:
         assert row["labels"] == [k for k in pred.task.labels if row["scores"][k] >= saved[k]]
-    pred.task.thresholds = [1.0 - 1e-9] * 3
+    pred.task.thresholds.values = [1.0 - 1e-9] * 3
     assert all(row["labels"] == [] for row in pred.predict(texts))
-    pred.task.thresholds = [0.0] * 3
+    pred.task.thresholds.values = [0.0] * 3
     assert all(row["labels"] == pred.task.labels for row in pred.predict(texts))
 
 

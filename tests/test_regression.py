@@ -15,7 +15,7 @@ from tuneforge.config import load_config
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.predict import Predictor
 from tuneforge.tasks import create_task
-from tuneforge.tasks.regression import RegressionMetrics
+from tuneforge.metrics import RegressionMetrics
 
 
 def quiet(*_a, **_k):
@@ -127,7 +127,7 @@ def test_other_losses_train(tmp_path, tiny_bert_dir, pair_dir, loss):
 def test_classification_loss_is_rejected(tmp_path, tiny_bert_dir, pair_dir):
     r = recipe(tiny_bert_dir, pair_dir, loss="cross_entropy")
     r["train"]["max_steps"] = 2
-    with pytest.raises(ConfigError, match="task.loss 'cross_entropy' does not fit regression"):
+    with pytest.raises(ConfigError, match="task.loss 'cross_entropy' does not fit task 'regression'"):
         tuneforge.train(r, output=str(tmp_path / "run"), quiet=True)
 
 
@@ -173,7 +173,7 @@ def test_pair_swap_doubles_train_pairs_only(tiny_bert_dir, pair_dir):
     train, val, _ = task.read_examples("text")
     task.fit_labels(train, val)
     bundle = create_model(cfg.model, task.head_spec(), log=quiet)
-    built, val_built = task.build(train, bundle, train=True), task.build(val, bundle, train=False)
+    built, val_built = task.build(train, bundle, "train"), task.build(val, bundle, "val")
     assert len(built.dataset) == 2 * len(train) and len(val_built.dataset) == len(val)
     a, b = built.dataset[0], built.dataset[len(train)]
     sep = bundle.tokenizer.sep_token_id

@@ -299,7 +299,8 @@ def test_out_of_memory_suggests_a_batch_size(where, fragments, tmp_path, text_re
     assert code == 2 and len(err) == 1, err
     for f in fragments:
         assert f in err[0], (f, err[0])
-    assert not (tmp_path / "run").exists()  # nothing worth keeping: no half-written run folder
+    # training had started: the folder stays, with the log that explains what happened (no checkpoint yet)
+    assert (tmp_path / "run" / "train.log").is_file() and (tmp_path / "run" / "config.yaml").is_file()
 
 
 def test_evaluation_keeps_only_predictions(reference):

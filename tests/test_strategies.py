@@ -237,7 +237,7 @@ def test_lora_default_targets_for_architectures_peft_does_not_know():
     """peft has no default for MPNet (the mpnet-base alias): tuneforge finds its q / v projections by name."""
     from transformers import BertConfig, BertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification
 
-    from tuneforge.strategies import _default_targets
+    from tuneforge.engine.trainable import _default_targets
 
     small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=50)
     assert _default_targets(BertForSequenceClassification(BertConfig(**small)), "classifier") is None  # peft's

@@ -16,7 +16,7 @@ from tuneforge.data.tagging import IGNORE, assign_owners, build_windows, plan_wi
 from tuneforge.errors import DataError
 from tuneforge.predict import Predictor
 from tuneforge.tasks import create_task
-from tuneforge.tasks.token_classification import TagMetrics
+from tuneforge.metrics import TagMetrics
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
     "the visited with and met in at said today from works for john mary peter paris london new york acme "
@@ -236,6 +236,7 @@ def test_train_loss_weighs_every_token_equally(ner_model_dir, norm):
     task = create_task(cfg, quiet)
     task.labels = ["O", "B-PER"]
     task.tokens_per_batch = 6.0
+    task.make_loss()
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 2)
     labels = torch.full((2, 5), IGNORE)
@@ -258,7 +259,7 @@ def test_tokens_per_batch_is_the_train_mean(ner_model_dir, ner_dir):
     train, val, _ = task.read_examples("text")
     task.fit_labels(train, val)
     bundle = create_model(cfg.model, task.head_spec(), log=quiet)
-    built = task.build(train, bundle, train=True)
+    built = task.build(train, bundle, "train")
     labelled = sum(int((torch.as_tensor(built.dataset[i]["labels"]) != IGNORE).sum())
                    for i in range(len(built.dataset)))
     assert task.tokens_per_batch == pytest.approx(labelled / len(built.dataset) * 4)

@@ -241,9 +241,14 @@ def test_existing_output_folder(tmp_path, text_recipe):
     assert "already exists" in str(info.value) and "--overwrite" in str(info.value)
     assert (out / "keep.txt").read_text() == "precious" and not (out / "config.yaml").exists()
 
+    with pytest.raises(ConfigError, match="not a tuneforge run folder"):  # --overwrite never deletes user files
+        tuneforge.train(text_recipe(), output=str(out), overwrite=True, quiet=True)
+    assert (out / "keep.txt").read_text() == "precious"
+
+    (out / "keep.txt").unlink()
+    tuneforge.train(text_recipe(), output=str(out), quiet=True, train__max_steps=2, eval__every_steps=2)
     run = tuneforge.train(text_recipe(), output=str(out), overwrite=True, quiet=True,
                           train__max_steps=2, eval__every_steps=2, train__lr=1e-4)
-    assert not (out / "keep.txt").exists()
     assert run.summary["steps"] == 2
     cfg = load_config(str(out / "config.yaml"))
     assert cfg.train.max_steps == 2 and cfg.train.lr == 1e-4

@@ -150,7 +150,7 @@ class EvalConfig(_Section):
     every_steps: Optional[int] = Field(None, gt=0)  # None: once per epoch
     metric: Optional[str] = None  # picks the kept model; None: the task's default (accuracy, f1, mse, micro_f1)
     mode: Literal["auto", "max", "min"] = "auto"
-    batch_size: Optional[int] = Field(None, gt=0)  # None: 2 × train.batch_size
+    batch_size: Optional[int] = Field(None, gt=0)  # None: 2 × train.batch_size (Config.eval_batch_size)
 
 
 class EarlyStoppingConfig(_Section):
@@ -195,6 +195,10 @@ class Config(_Section):
         if t.gradual_unfreeze and t.head_epochs <= 0:
             raise ValueError("train.gradual_unfreeze follows a head-only phase; set train.head_epochs (e.g. 1)")
         return self
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.eval.batch_size or 2 * self.train.batch_size
 
     @model_validator(mode="after")
     def _need_data(self) -> "Config":

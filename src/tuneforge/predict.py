@@ -11,10 +11,10 @@ from tuneforge.config import validate
 from tuneforge.data.examples import Examples
 from tuneforge.data.images import IMAGE_SUFFIXES
 from tuneforge.data.sources import FILE_READERS
-from tuneforge.engine.loop import _to_device, evaluate, make_loader
+from tuneforge.engine.device import make_accelerator
+from tuneforge.engine.loop import evaluate, forward, make_loader
 from tuneforge.errors import DataError
 from tuneforge.models import load_saved_model
-from tuneforge.run import _accelerator
 from tuneforge.tasks import task_from_saved
 
 
@@ -28,19 +28,19 @@ class Predictor:
         self.cfg = validate(meta["config"], f"{run_dir} (saved config)")
         log = log or _stderr  # stdout carries the JSON results of eval / predict
         self.task = task_from_saved(self.cfg, meta["task_state"], log)
-        if self.cfg.train.channels_last and hasattr(self.bundle, "use_channels_last"):
+        if self.cfg.train.channels_last:
             self.bundle.use_channels_last()  # the same kernels as in training: identical numbers
-        self.accelerator = _accelerator(meta.get("precision", "fp32"))
+        self.accelerator = make_accelerator(meta.get("precision", "fp32"))
         self.bundle.model.to(self.accelerator.device).eval()
         self.log = log
-        self.batch_size = batch_size or self.cfg.eval.batch_size or 2 * self.cfg.train.batch_size
+        self.batch_size = batch_size or self.cfg.eval_batch_size
 
     @property
     def modality(self) -> str:
         return self.bundle.modality
 
     def _loader(self, ex: Examples):
-        built = self.task.build(ex, self.bundle, train=False)
+        built = self.task.build(ex, self.bundle, "predict")
         return make_loader(built, self.batch_size, False, self.cfg.train.seed)
 
     def evaluate(self, data_path: str | Path) -> dict:
@@ -58,9 +58,7 @@ class Predictor:
 
         def batches():
             for batch in loader:
-                batch = _to_device(batch, self.accelerator.device)
-                with self.accelerator.autocast():
-                    logits = self.bundle.logits(batch)
+                logits, batch = forward(self.task, self.bundle, batch, self.accelerator)
                 yield logits.float(), batch
 
         return self.task.decode_batches(ex, batches(), order, top_k)  # also undoes the length-sorted batching

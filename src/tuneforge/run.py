@@ -1,31 +1,42 @@
-"""The training recipe: validated config → data → model → loop → run folder. Read top to bottom."""
+"""The training recipe, as named steps (read `train` top to bottom):
+
+prepare (task, data, model, what trains, loaders: every check done, nothing written) → open the run folder
+(locked) → record the start → the learning rate (maybe from the range test) → for each phase: build its
+components, fit → finish (the kept model, final and test evaluation, model/) → summary.json.
+`lr_find` reuses `prepare`."""
 from __future__ import annotations
 
 import json
+import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from tuneforge.config import Config, load_config, to_yaml
-from tuneforge.engine.callbacks import CallbackList, EarlyStopping, MetricsLogger, ProgressBar, TrainState
+from tuneforge.data.report import build_report, describe
 from tuneforge.engine import chaos
-from tuneforge.engine.checkpoint import Checkpointer, atomic_write_text, load_weights_into, publish_dir
-from tuneforge.engine.guards import NanGuard
-from tuneforge.engine.loop import MATH_ATTENTION_BELOW, Components, evaluate, fit, make_loader, steps_per_epoch
+from tuneforge.engine.callbacks import Callback, CallbackList, EarlyStopping, MetricsLogger, ProgressBar
+from tuneforge.engine.checkpoint import Checkpointer, atomic_write_text, best_path, load_weights_into, publish_dir
+from tuneforge.engine.device import make_accelerator
+from tuneforge.engine.ema import WeightEMA
+from tuneforge.engine.feature_cache import cached_loaders, feature_cache_usable
+from tuneforge.engine.guards import NanGuard, is_oom, oom_error
+from tuneforge.engine.loop import MATH_ATTENTION_BELOW, Components, evaluate, evaluating, fit, make_loader, \
+    steps_per_epoch
 from tuneforge.engine.optim import create_optimizer, create_scheduler, total_steps
-from tuneforge.engine.resume import Resumer, RunContext, open_run_dir, user_errors
-from tuneforge.engine.phases import cached_loaders, feature_cache_usable, phase_train_config, plan_phases, train_mode_fn
+from tuneforge.engine.restore import StateRestorer
+from tuneforge.engine.run_folder import RunFolder, open_run_folder
+from tuneforge.engine.snapshot import TrainingSnapshot
+from tuneforge.engine.state import LoopState
+from tuneforge.engine.trainable import Phase, check_trainable, head_names, merge_lora, plan_phases, prepare_trainable
 from tuneforge.errors import ConfigError
 from tuneforge.metrics import scalars
-from tuneforge.models import MODEL_SOURCES, create_model, save_model
+from tuneforge.models import MODEL_SOURCES, create_model, resolve_source, save_model
 from tuneforge.models.base import write_json
-from tuneforge.models import resolve_source
-from tuneforge.strategies import (WeightEMA, apply_freeze, freeze_lower_layers, head_names, merge_lora,
-                                  prepare_trainable, unfreeze_all)
-from tuneforge.data.report import build_report, describe
-from tuneforge.tasks import create_task
+from tuneforge.tasks import Task, create_task
+from tuneforge.tasks.base import Built
 from tuneforge.utils import (RunLog, console, count_params, peak_rss_mb, resolve_precision, rss_mb,
                              seed_everything, set_threads)
 
@@ -39,25 +50,78 @@ class RunResult:
     def __repr__(self) -> str:
         return f"RunResult(run_dir='{self.run_dir}', metrics={scalars(self.metrics)})"
 
+    @classmethod
+    def read(cls, run_dir: Path) -> "RunResult":
+        summary = read_summary(run_dir)
+        return cls(run_dir, summary["eval"], summary)
 
-def _accelerator(precision: str):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
-    import torch
-    # Accelerate keeps one process-wide state and refuses a second run in another precision; each tuneforge run
-    # sets its own (the distributed PartialState is kept)
-    AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=not torch.cuda.is_available())
+@dataclass
+class Setup:
+    """What `prepare` checked and built before anything is written."""
+
+    cfg: Config
+    task: Task
+    bundle: Any  # ModelBundle
+    accelerator: Any
+    precision: str
+    threads: int
+    train_ex: Any
+    val_ex: Any
+    report: dict
+    train_built: Built
+    val_built: Built
+    test_built: Optional[Built]
+    train_loader: Any
+    val_loader: Any
+    speed: dict  # the speed features that are on
+    checkpointing: bool
+
+
+@dataclass
+class Training:
+    """The run-wide pieces every phase shares."""
+
+    folder: RunFolder
+    lr: float
+    phases: list[Phase]
+    restorer: StateRestorer
+    guard: NanGuard
+    ema: Optional[WeightEMA]
+    model: Any  # the accelerator-prepared model, trained in every phase
+    params: dict
+    rss_at_start: float
+    metric: str
+    mode: str
 
 
 def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | None = None, *,
-          output: Optional[str] = None, overwrite: bool = False, resume: bool = False,
-          quiet: bool = False) -> RunResult:
-    """resume=True continues the run in the output folder from its latest checkpoint (or starts it)."""
-    ctx = RunContext()
-    with user_errors(ctx):  # out-of-memory → a batch size to try; no half-written run folder after an error
-        return _train(ctx, recipe, overrides, output, overwrite, resume, quiet)
+          output: Optional[str] = None, overwrite: bool = False, resume: bool = False, quiet: bool = False,
+          callbacks: tuple[Callback, ...] = ()) -> RunResult:
+    """resume=True continues the run in the output folder from its latest checkpoint (or starts it).
+    `callbacks` are added to every phase's callbacks (before the checkpointer, which saves their effect)."""
+    log, state = RunLog(quiet), LoopState()
+    cfg = load_config(recipe, overrides)
+    with oom_as_error(cfg, state):
+        setup = prepare(cfg, log)
+        with open_run_folder(cfg, output, overwrite, resume, _user_paths(recipe, cfg), log) as folder:
+            if folder.finished:
+                log(f"{folder.path} already finished (summary.json); nothing to resume")
+                return RunResult.read(folder.path)
+            record_start(setup, folder, log)
+            training = prepare_training(setup, folder, log)
+            folder.keep()  # training starts: from here on the folder is the user's record, never removed
+            for index, phase in enumerate(training.phases):
+                if training.restorer.skip_phase(index):  # finished before the checkpoint being resumed
+                    continue
+                components = build_phase(setup, training, phase, index, state, callbacks, quiet, log)
+                fit_phase(components, state, phase, training.metric, log)
+                if state.stop_reason.startswith("target"):
+                    break
+            final, test = finish(setup, training, state, log)
+            summary = build_summary(setup, training, state, final, test)
+            write_summary(folder.path, summary, log)
+            return RunResult(folder.path, final, summary)
 
 
 def resume(run_dir: str | Path, quiet: bool = False) -> RunResult:
@@ -68,34 +132,70 @@ def resume(run_dir: str | Path, quiet: bool = False) -> RunResult:
     return train(path / "config.yaml", output=str(path), resume=True, quiet=quiet)
 
 
-@dataclass
-class Prepared:
-    train_ex: object
-    val_ex: object
-    report: dict
-    train_built: object
-    val_built: object
-    test_built: object
+@contextmanager
+def oom_as_error(cfg: Config, state: LoopState):
+    """Out of memory becomes a one-line error with a batch size to try."""
+    try:
+        yield
+    except Exception as e:
+        if not is_oom(e):
+            raise
+        tc = cfg.train
+        raise oom_error(tc.batch_size, tc.grad_accum, cfg.eval_batch_size,
+                        "eval" if state.evaluating else "training") from None
 
 
-def prepare(cfg: Config, log) -> tuple:
-    """Task, model and datasets, every check done (labels, files, images) and nothing written yet."""
+def _user_paths(recipe, cfg: Config) -> list[Path]:
+    """The recipe and data: --overwrite never empties a folder holding them."""
+    paths = [Path(recipe)] if not isinstance(recipe, dict) else []
+    paths += [Path(p).expanduser() for p in (cfg.data.dir, cfg.data.train, cfg.data.val) if p]
+    return paths
+
+
+# ---------------------------------------------------------------- 1. prepare: everything checked, nothing written
+
+
+def prepare(cfg: Config, log) -> Setup:
+    """Task, data, model and what trains, every check done (labels, files, images, losses, metric, trainable
+    parameters) and nothing written yet."""
+    threads = set_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
     task = create_task(cfg, log)
-    source, _, _ = resolve_source(cfg.model)
-    modality = MODEL_SOURCES.get(source).modality
+    modality = MODEL_SOURCES.get(resolve_source(cfg.model)[0]).modality
     train_ex, val_ex, test_ex = task.read_examples(modality)
     task.fit_labels(train_ex, val_ex)
     report = build_report(train_ex, val_ex, modality, task.class_counts(train_ex))
     for line in describe(report):
         log(line)
     report["imbalance_remedy"] = task.choose_imbalance(report)
+    task.make_loss()
     bundle = create_model(cfg.model, task.head_spec(), log=log)
-    train_built = task.build(train_ex, bundle, train=True)
-    val_built = task.build(val_ex, bundle, train=False)
-    test_built = task.build(test_ex, bundle, train=False) if test_ex is not None else None  # checked up front
-    log(f"data: {len(train_built.dataset)} train / {len(val_built.dataset)} val examples; "
+    built = {split: task.build(ex, bundle, split) for split, ex in
+             (("train", train_ex), ("val", val_ex), ("test", test_ex)) if ex is not None}
+    log(f"data: {len(built['train'].dataset)} train / {len(built['val'].dataset)} val examples; "
         f"labels: {', '.join(task.labels[:12])}{' ...' if len(task.labels) > 12 else ''}")
-    return task, bundle, Prepared(train_ex, val_ex, report, train_built, val_built, test_built)
+    seed_everything(cfg.train.seed)  # model init above consumed RNG differently per source
+    precision = resolve_precision(cfg.train.precision)
+    accelerator = make_accelerator(precision)
+    speed = use_speed_features(bundle, cfg, log)
+    checkpointing = prepare_trainable(bundle, cfg.train, log)
+    check_trainable(bundle.model)
+    tc, data = cfg.train, cfg.data
+    train_loader = make_loader(built["train"], tc.batch_size, True, tc.seed, data.num_workers, data.group_by_length)
+    val_loader = make_loader(built["val"], cfg.eval_batch_size, False, tc.seed, data.num_workers)
+    return Setup(cfg, task, bundle, accelerator, precision, threads, train_ex, val_ex, report, built["train"],
+                 built["val"], built.get("test"), train_loader, val_loader, speed, checkpointing)
+
+
+def use_speed_features(bundle, cfg: Config, log) -> dict:
+    """Exact speed features the model supports (each reported in summary.json `strategies`)."""
+    tc = cfg.train
+    channels_last = tc.channels_last and bundle.use_channels_last()
+    first_token = tc.first_token_shortcut and bundle.use_first_token_shortcut()
+    if first_token:
+        log("speed: the last encoder layer runs for the first token only (the classifier reads nothing else)")
+    return {"channels_last": channels_last if bundle.modality == "image" else None,
+            "first_token_shortcut": first_token if bundle.modality == "text" else None}
 
 
 def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = None, quiet: bool = False) -> dict:
@@ -104,190 +204,185 @@ def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = Non
 
     log = RunLog(quiet)
     cfg = load_config(recipe, overrides)
-    set_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
-    task, bundle, data = prepare(cfg, log)
+    setup = prepare(cfg, log)
     plot_path = Path(plot or f"lr_find-{cfg.output.name or 'run'}.png")
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     log.attach(plot_path.with_suffix(".log"))
-    prepare_trainable(bundle, cfg.train, log)
-    loader = make_loader(data.train_built, cfg.train.batch_size, True, cfg.train.seed, cfg.data.num_workers)
-    accelerator = _accelerator(resolve_precision(cfg.train.precision))
-    result = lr_range_test(bundle, task, loader, cfg.train, accelerator, plot_path, log)
+    result = lr_range_test(setup.bundle, setup.task, setup.train_loader, cfg.train, setup.accelerator, plot_path,
+                           log)
     return {"suggested_lr": result["suggested_lr"], "plot": str(plot_path), "steps": len(result["lrs"])}
 
 
-def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: bool, quiet: bool) -> RunResult:
-    log = RunLog(quiet)
-    cfg = ctx.cfg = load_config(recipe, overrides)
-    threads = set_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
-    precision = resolve_precision(cfg.train.precision)
+# ---------------------------------------------------------------- 2. the run folder and the run-wide pieces
 
-    # 1. data and model, fully checked before anything is written
-    task, bundle, data = prepare(cfg, log)
-    train_ex, val_ex, report = data.train_ex, data.val_ex, data.report
-    train_built, val_built, test_built = data.train_built, data.val_built, data.test_built
 
-    # 2. the run folder
-    folder = ctx.folder = open_run_dir(cfg, output, overwrite, resume)
-    run_dir = folder.path
-    if folder.finished:
-        log(f"{run_dir} already finished (summary.json); nothing to resume")
-        return RunResult(run_dir, read_summary(run_dir)["eval"], read_summary(run_dir))
-    log.attach(run_dir / "train.log", append=not folder.created)
+def record_start(setup: Setup, folder: RunFolder, log) -> None:
+    log.attach(folder.path / "train.log", append=not folder.created)
     if folder.created:
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    write_json(run_dir / "data_report.json", report)
+        atomic_write_text(folder.path / "config.yaml", to_yaml(setup.cfg))
+    write_json(folder.path / "data_report.json", setup.report)
 
-    # 3. strategies that change what trains: freezing, LoRA; the LR (maybe from the range test)
-    seed_everything(cfg.train.seed)  # model init above consumed RNG differently per source
-    tc = cfg.train
-    accelerator = _accelerator(precision)
-    if tc.channels_last and hasattr(bundle, "use_channels_last"):
-        bundle.use_channels_last()
-    if tc.first_token_shortcut and hasattr(bundle, "use_first_token_shortcut") and bundle.use_first_token_shortcut():
-        log("speed: the last encoder layer runs for the first token only (the classifier reads nothing else)")
-    checkpointing = prepare_trainable(bundle, tc, log)
-    train_loader = make_loader(train_built, tc.batch_size, True, tc.seed, cfg.data.num_workers,
-                               cfg.data.group_by_length)
-    val_loader = make_loader(val_built, cfg.eval.batch_size or 2 * tc.batch_size, False, tc.seed,
-                             cfg.data.num_workers)
+
+def prepare_training(setup: Setup, folder: RunFolder, log) -> Training:
+    cfg, tc, accelerator = setup.cfg, setup.cfg.train, setup.accelerator
     lr = tc.lr
     if lr == "auto":
         from tuneforge.engine.lr_find import lr_range_test
 
-        lr = lr_range_test(bundle, task, train_loader, tc, accelerator, run_dir / "lr_find.png", log)["suggested_lr"]
-    bundle.model = accelerator.prepare(bundle.model)
-    full_model = bundle.model
-    params = count_params(full_model)
+        lr = lr_range_test(setup.bundle, setup.task, setup.train_loader, tc, accelerator, folder.path /
+                           "lr_find.png", log)["suggested_lr"]
+    setup.bundle.replace_model(accelerator.prepare(setup.bundle.model))
+    model = setup.bundle.model
+    params = count_params(model)
     log(f"params: {params['trainable']:,} trainable / {params['frozen']:,} frozen "
         f"({100 * params['trainable'] / max(params['total'], 1):.1f}% train)")
     rss_at_start = rss_mb()  # runtime + model + data: what training adds is peak_rss_mb minus this
-
-    # 4. train, phase by phase (one phase unless train.head_epochs asks for fastai-style fine_tune)
-    metric = cfg.eval.metric or task.default_metric
-    mode = task.metric_mode(metric)
-    checkpointer = ctx.checkpointer = Checkpointer(run_dir, cfg.output.keep_checkpoints)
-    ema = WeightEMA(accelerator.unwrap_model(full_model), tc.ema) if tc.ema else None
-    if ema:
-        checkpointer.best_weights = lambda: ema.shadow
+    metric = cfg.eval.metric or setup.task.default_metric
+    ema = WeightEMA(accelerator.unwrap_model(model), tc.ema) if tc.ema else None
     guard = NanGuard(tc.nan_policy, tc.nan_lr_factor, check_grads=accelerator.scaler is None, log=log)
-    resumer = Resumer(folder, checkpointer, guard, cfg, full_model, log)
-    state = TrainState()
-    phases = plan_phases(tc, lr)
-    for i, phase in enumerate(phases):
-        if resumer.skip_phase(i):  # finished before the checkpoint being resumed
-            continue
-        ptc = phase_train_config(tc, phase)
-        if len(phases) > 1:  # fine_tune: the head phase freezes the backbone, the next one unfreezes it
-            unfreeze_all(full_model)
-            apply_freeze(bundle, ptc, log)
-            if phase.trainable_fraction < 1.0:
-                groups = freeze_lower_layers(bundle, phase.trainable_fraction)
-                log(f"phase {phase.name}: gradual unfreezing, the top {groups} layer groups train")
-        if state.batch_in_epoch:  # a phase starts on a fresh epoch
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        head = feature_cache_usable(cfg, bundle, phase)
-        run_bundle, p_train, p_val = bundle, train_loader, val_loader
-        if head:
-            run_bundle, p_train, p_val = cached_loaders(cfg, bundle, head, train_ex, val_ex, train_built, val_built,
-                                                        accelerator, log)
-        optimizer = accelerator.prepare(create_optimizer(full_model, ptc, head_names(bundle)))
-        steps = total_steps(ptc, len(p_train.batch_sampler))
-        scheduler = create_scheduler(optimizer, ptc, steps)
-        state.total_steps, state.should_stop, state.stop_reason = state.step + steps, False, ""
-        counts = count_params(full_model)
-        log(f"phase {phase.name}: {steps} steps ({steps_per_epoch(p_train, ptc.grad_accum)}/epoch), batch "
-            f"{tc.batch_size} x accum {tc.grad_accum}, {tc.optimizer} lr {phase.lr:g} {tc.schedule}"
-            f"{f', head lr {phase.head_lr:g}' if phase.head_lr else ''}"
-            f"{f', layer decay {phase.layer_decay}' if phase.layer_decay else ''}, precision {precision}, "
-            f"{threads} threads; {counts['trainable']:,} trainable / {counts['frozen']:,} frozen params"
-            f"{'; cached backbone features' if head else ''}")
-        es = cfg.early_stopping
-        stopper = EarlyStopping(metric, mode, es.patience, es.min_delta, es.target, es.enabled)
-        callbacks = ([ema] if ema else []) + [MetricsLogger(run_dir, log), stopper, checkpointer]  # checkpointer
-        # last: it saves the others
-        if chaos.enabled():
-            callbacks.append(chaos.ChaosPoints())
-        if cfg.output.progress and not quiet:
-            callbacks.append(ProgressBar(console))
-        c = Components(bundle=run_bundle, task=task, train_loader=p_train, val_loader=p_val,
-                       optimizer=optimizer, scheduler=scheduler, accelerator=accelerator,
-                       callbacks=CallbackList(callbacks), grad_accum=tc.grad_accum, grad_clip=tc.grad_clip,
-                       eval_every=cfg.eval.every_steps, metric=metric, mode=mode,
-                       train_mode=train_mode_fn(bundle, phase, tc), nan_guard=guard,
-                       eval_weights=(lambda: ema.applied(accelerator.unwrap_model(full_model))) if ema else nullcontext)
-        # restores the checkpoint of a resumed run (RNG last)
-        resumer.start(c, state, i, stopper, {"ema": ema} if ema else None)
-        fit(c, state)
-        log(f"phase {phase.name} stopped: {state.stop_reason or 'finished'}; best {metric} "
-            f"{state.best_metric:.4f} at step {state.best_step}")
-        if state.stop_reason.startswith("target"):
-            break
+    return Training(folder, lr, plan_phases(tc, lr), StateRestorer(folder, log), guard, ema, model, params,
+                    rss_at_start, metric, setup.task.metric_mode(metric))
 
-    # 5. keep the best model, evaluate it, write model/ and summary.json
-    unwrapped = accelerator.unwrap_model(full_model)
-    load_weights_into(unwrapped, checkpointer.best_path())  # in place: no second copy at the peak
-    bundle.model = unwrapped
-    merge_lora(bundle, run_dir / "adapter" if tc.lora is not None else None)
-    final = evaluate(bundle, task, val_loader, accelerator)
-    task.finalize()  # what was tuned on validation (thresholds) is fixed from here on, test included
-    test = None
-    if test_built is not None:  # an optional test split under data.dir: evaluated once, with the kept model
-        test = evaluate(bundle, task, make_loader(test_built, cfg.eval.batch_size or 2 * tc.batch_size, False,
-                                                  tc.seed, cfg.data.num_workers), accelerator)
-        log("test: " + " ".join(f"{k} {v:.4f}" for k, v in scalars(test).items() if k != "samples"))
-    tmp_model = run_dir / ".model.tmp"  # model/ appears complete or not at all
-    save_model(bundle, tmp_model, {"task_state": task.state(), "precision": precision,
-                                   "config": cfg.model_dump(mode="json")})
-    publish_dir(tmp_model, run_dir / "model")
-    summary = {
+
+# ---------------------------------------------------------------- 3. phases
+
+
+def build_phase(setup: Setup, training: Training, phase: Phase, index: int, state: LoopState,
+                extra_callbacks, quiet: bool, log) -> Components:
+    """This phase's loaders, optimizer and schedule, callbacks and checkpointing; a resumed run's state is
+    restored last (it sets the RNG)."""
+    cfg, tc, bundle, accelerator = setup.cfg, setup.cfg.train, setup.bundle, setup.accelerator
+    ptc = phase.train_config(tc)
+    phase.apply(bundle, tc, log)
+    head = feature_cache_usable(cfg, bundle, phase)
+    run_bundle, train_loader, val_loader = bundle, setup.train_loader, setup.val_loader
+    if head:
+        run_bundle, train_loader, val_loader = cached_loaders(cfg, setup.task, bundle, head, setup, accelerator, log)
+    optimizer = accelerator.prepare(create_optimizer(training.model, ptc, head_names(bundle)))
+    steps = total_steps(ptc, train_loader.batch_sampler.total)
+    scheduler = create_scheduler(optimizer, ptc, steps)
+    state.start_phase(steps)
+    log_phase(setup, training, phase, steps, steps_per_epoch(train_loader, tc.grad_accum), bool(head), log)
+    es = cfg.early_stopping
+    stopper = EarlyStopping(training.metric, training.mode, es.patience, es.min_delta, es.target, es.enabled)
+    ema = training.ema
+    stateful = {"early_stopping": stopper, "nan_guard": training.guard, **({"ema": ema} if ema else {})}
+    snapshot = TrainingSnapshot(accelerator.unwrap_model(training.model), optimizer, scheduler, accelerator.scaler,
+                                stateful, cfg.model_dump(mode="json"), index)
+    checkpointer = Checkpointer(training.folder.path, cfg.output.keep_checkpoints, snapshot,
+                                ema.weights if ema else None)
+    callbacks = ([ema] if ema else []) + [MetricsLogger(training.folder.path, log), stopper, *extra_callbacks,
+                                          checkpointer]  # the checkpointer last: it saves the others' state
+    callbacks += [chaos.ChaosPoints()] if chaos.enabled() else []
+    callbacks += [ProgressBar(console)] if cfg.output.progress and not quiet else []
+    training.restorer.restore(snapshot, state)
+    return Components(
+        bundle=run_bundle, task=setup.task, train_loader=train_loader, val_loader=val_loader, optimizer=optimizer,
+        scheduler=scheduler, accelerator=accelerator, callbacks=CallbackList(callbacks), nan_guard=training.guard,
+        rollback=training.restorer.rollback_fn(snapshot, state, tc.nan_policy == "rollback"),
+        train_mode=phase.train_mode(bundle, tc), eval_weights=ema.applied if ema else nullcontext,
+        grad_accum=tc.grad_accum, grad_clip=tc.grad_clip, eval_every=cfg.eval.every_steps, metric=training.metric,
+        mode=training.mode)
+
+
+def log_phase(setup: Setup, training: Training, phase: Phase, steps: int, per_epoch: int, cached: bool, log) -> None:
+    tc, counts = setup.cfg.train, count_params(training.model)
+    log(f"phase {phase.name}: {steps} steps ({per_epoch}/epoch), batch "
+        f"{tc.batch_size} x accum {tc.grad_accum}, {tc.optimizer} lr {phase.lr:g} {tc.schedule}"
+        f"{f', head lr {phase.head_lr:g}' if phase.head_lr else ''}"
+        f"{f', layer decay {phase.layer_decay}' if phase.layer_decay else ''}, precision {setup.precision}, "
+        f"{setup.threads} threads; {counts['trainable']:,} trainable / {counts['frozen']:,} frozen params"
+        f"{'; cached backbone features' if cached else ''}")
+
+
+def fit_phase(c: Components, state: LoopState, phase: Phase, metric: str, log) -> None:
+    fit(c, state)
+    log(f"phase {phase.name} stopped: {state.stop_reason or 'finished'}; best {metric} "
+        f"{state.best_metric:.4f} at step {state.best_step}")
+
+
+# ---------------------------------------------------------------- 4. finish: the kept model, evaluated and saved
+
+
+def finish(setup: Setup, training: Training, state: LoopState, log) -> tuple[dict, Optional[dict]]:
+    cfg, bundle, task, accelerator = setup.cfg, setup.bundle, setup.task, setup.accelerator
+    run_dir = training.folder.path
+    bundle.replace_model(accelerator.unwrap_model(training.model))
+    load_weights_into(bundle.model, best_path(run_dir))  # in place: no second copy at the peak
+    merge_lora(bundle, run_dir / "adapter" if cfg.train.lora is not None else None)
+    with evaluating(state):
+        final = evaluate(bundle, task, setup.val_loader, accelerator)
+        task.finalize()  # what was tuned on validation (thresholds) is fixed from here on, test included
+        test = None
+        if setup.test_built is not None:  # an optional test split under data.dir: evaluated once, kept model
+            loader = make_loader(setup.test_built, cfg.eval_batch_size, False, cfg.train.seed, cfg.data.num_workers)
+            test = evaluate(bundle, task, loader, accelerator)
+            log("test: " + " ".join(f"{k} {v:.4f}" for k, v in scalars(test).items() if k != "samples"))
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".model.", suffix=".tmp"))  # model/ appears whole or not at all
+    save_model(bundle, tmp, {"task_state": task.state(), "precision": setup.precision,
+                             "config": cfg.model_dump(mode="json")})
+    publish_dir(tmp, run_dir / "model")
+    return final, test
+
+
+# ---------------------------------------------------------------- 5. summary.json
+
+
+def build_summary(setup: Setup, training: Training, state: LoopState, final: dict, test: Optional[dict]) -> dict:
+    cfg, built = setup.cfg, setup
+    return {
         "eval": final,
         "test": test,
-        "metric": metric,
+        "metric": training.metric,
         "best_step": state.best_step,
         "best_metric": state.best_metric,
         "stop_reason": state.stop_reason,
         "steps": state.step,
-        "epochs": round(state.epoch + state.batch_in_epoch / max(len(train_loader.batch_sampler)
-                                                                 + train_loader.batch_sampler.skip, 1), 4),
-        "lr": lr,
-        "strategies": {"phases": [p.name for p in phases], "freeze": tc.freeze, "freeze_embeddings":
-                       tc.freeze_embeddings, "lora": tc.lora.model_dump() if tc.lora else None,
-                       "layer_decay": tc.layer_decay, "head_lr": tc.head_lr,
-                       "channels_last": getattr(bundle, "channels_last", None), "ema": tc.ema,
-                       "first_token_shortcut": getattr(bundle, "first_token_shortcut", None),
-                       "group_by_length": cfg.data.group_by_length and bundle.modality == "text",
-                       "pad_to_multiple_of": cfg.data.pad_to_multiple_of if bundle.modality == "text" else None,
-                       "dropout": cfg.model.dropout, "gradient_checkpointing": checkpointing,
-                       "cpu_attention": (f"math kernel below {MATH_ATTENTION_BELOW} tokens" if
-                                         accelerator.device.type == "cpu" and bundle.modality == "text" else None)},
+        "epochs": state.epoch_progress(setup.train_loader.batch_sampler.total),
+        "lr": training.lr,
+        "strategies": strategies_summary(setup, training),
         "train_seconds": round(state.wall_seconds, 3),
         "samples_seen": state.samples_seen,
         "eval_seconds": round(state.eval_seconds, 3),
-        **throughput(state, bundle),
+        **throughput(state, setup.bundle),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "rss_at_train_start_mb": round(rss_at_start, 1),
-        "precision": precision,
-        "threads": threads,
-        "params": params,
-        "nan_guard": guard.summary(),
-        "resumed_from_step": resumer.resumed_from,
-        "data": {"train": len(train_built.dataset), "val": len(val_built.dataset),
-                 "skipped": train_built.skipped + val_built.skipped, **task.report,
-                 "imbalance_ratio": report.get("imbalance_ratio"), "imbalance_remedy": report["imbalance_remedy"]},
-        "model": {"name": cfg.model.name, "source": bundle.source},
+        "rss_at_train_start_mb": round(training.rss_at_start, 1),
+        "precision": setup.precision,
+        "threads": setup.threads,
+        "params": training.params,
+        "nan_guard": training.guard.summary(),
+        "resumed_from_step": training.restorer.resumed_from,
+        "data": {"train": len(built.train_built.dataset), "val": len(built.val_built.dataset),
+                 "skipped": built.train_built.skipped + built.val_built.skipped, **setup.task.report,
+                 "imbalance_ratio": setup.report.get("imbalance_ratio"),
+                 "imbalance_remedy": setup.report["imbalance_remedy"]},
+        "model": {"name": cfg.model.name, "source": setup.bundle.source},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def strategies_summary(setup: Setup, training: Training) -> dict:
+    cfg, tc, text = setup.cfg, setup.cfg.train, setup.bundle.modality == "text"
+    cpu_text = setup.accelerator.device.type == "cpu" and text
+    return {"phases": [p.name for p in training.phases], "freeze": tc.freeze,
+            "freeze_embeddings": tc.freeze_embeddings, "lora": tc.lora.model_dump() if tc.lora else None,
+            "layer_decay": tc.layer_decay, "head_lr": tc.head_lr,
+            "channels_last": setup.speed["channels_last"], "ema": tc.ema,
+            "first_token_shortcut": setup.speed["first_token_shortcut"],
+            "group_by_length": cfg.data.group_by_length and text,
+            "pad_to_multiple_of": cfg.data.pad_to_multiple_of if text else None,
+            "dropout": cfg.model.dropout, "gradient_checkpointing": setup.checkpointing,
+            "cpu_attention": f"math kernel below {MATH_ATTENTION_BELOW} tokens" if cpu_text else None}
+
+
+def write_summary(run_dir: Path, summary: dict, log) -> None:
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    shown = " ".join(f"{k} {v:.4f}" for k, v in scalars(final).items() if k != "samples")
+    shown = " ".join(f"{k} {v:.4f}" for k, v in scalars(summary["eval"]).items() if k != "samples")
     log(f"done: {shown}; {summary['train_seconds']:.1f}s, {summary['samples_per_second']:.1f} samples/s, "
         f"peak RSS {summary['peak_rss_mb']:.0f} MB → {run_dir}")
-    return RunResult(run_dir, final, summary)
 
 
-def throughput(state: TrainState, bundle) -> dict:
+def throughput(state: LoopState, bundle) -> dict:
     """Training-loop rates (evaluation time excluded). For text: useful (non-padding) tokens/s and the achieved
     GFLOP/s by the usual 6 x non-embedding parameters x tokens estimate."""
     seconds = max(state.wall_seconds - state.eval_seconds, 1e-9)

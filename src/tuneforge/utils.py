@@ -63,12 +63,18 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(requested: str) -> str:
-    """auto → bf16 where the hardware runs it natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else fp32."""
+    """auto → bf16 where the hardware runs it natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX); fp16 on a
+    CUDA device without bf16; fp32 on other CPUs (bf16 is emulated there, and slow)."""
     if requested != "auto":
         return requested
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def cache_dir(kind: str) -> Path:
+    """`$TUNEFORGE_CACHE/<kind>` (an empty variable counts as unset), else `~/.cache/tuneforge/<kind>`."""
+    return Path(os.environ.get("TUNEFORGE_CACHE") or Path.home() / ".cache" / "tuneforge") / kind
 
 
 def peak_rss_mb() -> float:

@@ -47,10 +47,14 @@ class EpochBatchSampler(Sampler[list[int]]):
     def __iter__(self):
         yield from self.batches()[self.skip:]
 
-    def __len__(self) -> int:
+    @property
+    def total(self) -> int:
+        """Batches in a whole epoch, however many a mid-epoch resume skips."""
         if self.lengths is None or not self.shuffle:
-            total = math.ceil(self.n / self.batch_size)
-        else:
-            full, rest = divmod(self.n, self.mega)
-            total = full * math.ceil(self.mega / self.batch_size) + math.ceil(rest / self.batch_size)
-        return total - self.skip
+            return math.ceil(self.n / self.batch_size)
+        full, rest = divmod(self.n, self.mega)
+        return full * math.ceil(self.mega / self.batch_size) + math.ceil(rest / self.batch_size)
+
+    def __len__(self) -> int:
+        """Batches left in this epoch (what the DataLoader yields)."""
+        return self.total - self.skip

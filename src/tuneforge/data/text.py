@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tuneforge.utils import cache_dir
+
 
 class TokenizedDataset(Dataset):
     """Pre-tokenized examples; `features` maps name → per-example list (input_ids, labels, ...)."""
@@ -22,6 +24,10 @@ class TokenizedDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    @property
+    def labels(self) -> Optional[list]:
+        return self.features.get("labels")
 
     def __getitem__(self, i: int) -> dict:
         return {k: v[i] for k, v in self.features.items()}
@@ -43,8 +49,7 @@ def _cache_path(tokenizer, texts, pairs, max_length) -> Path:
         h.update(t.encode() + b"\0")
     for t in pairs or []:
         h.update(t.encode() + b"\0")
-    root = Path(os.environ.get("TUNEFORGE_CACHE", Path.home() / ".cache" / "tuneforge"))
-    return root / "tokens" / f"{h.hexdigest()[:32]}.npz"
+    return cache_dir("tokens") / f"{h.hexdigest()[:32]}.npz"
 
 
 def tokenize_texts(tokenizer, texts: list[str], pairs: Optional[list[str]], max_length: int) -> dict[str, list]:

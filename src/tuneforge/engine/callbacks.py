@@ -1,45 +1,24 @@
-"""Named events the loop fires; each feature that reacts to training (logging, checkpoints, stopping) is a Callback."""
+"""Named events the loop fires; each feature that reacts to training (logging, checkpoints, stopping, EMA) is a
+Callback subclass and overrides only the events it needs."""
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from tuneforge.engine.state import LoopState
 from tuneforge.metrics import scalars
-from tuneforge.registry import Registry
-
-CALLBACKS: Registry[type] = Registry("callback")
-
-
-@dataclass
-class TrainState:
-    step: int = 0  # optimizer steps taken
-    epoch: int = 0  # completed epochs
-    batch_in_epoch: int = 0  # micro-batches consumed in the current epoch
-    samples_seen: int = 0
-    tokens_seen: int = 0  # non-padding tokens (text)
-    wall_seconds: float = 0.0  # training wall time so far, evaluation included
-    eval_seconds: float = 0.0  # of which spent in evaluation
-    total_steps: int = 0
-    last_loss: float = float("nan")
-    best_metric: Optional[float] = None
-    best_step: Optional[int] = None
-    is_best: bool = False  # the latest evaluation is the best so far
-    history: list = field(default_factory=list)  # one record per evaluation
-    should_stop: bool = False
-    stop_reason: str = ""
 
 
 class Callback:
-    """Override any of: on_fit_start, on_step_end, on_eval_end, on_epoch_end, on_fit_end."""
+    """Events: on_fit_start, on_step_end, on_eval_end, on_epoch_end, on_fit_end (no-ops here)."""
 
-    def on_fit_start(self, state: TrainState) -> None: ...
-    def on_step_end(self, state: TrainState) -> None: ...
-    def on_eval_end(self, state: TrainState, record: dict) -> None: ...
-    def on_epoch_end(self, state: TrainState) -> None: ...
-    def on_fit_end(self, state: TrainState) -> None: ...
+    def on_fit_start(self, state: LoopState) -> None: ...
+    def on_step_end(self, state: LoopState) -> None: ...
+    def on_eval_end(self, state: LoopState, record: dict) -> None: ...
+    def on_epoch_end(self, state: LoopState) -> None: ...
+    def on_fit_end(self, state: LoopState) -> None: ...
 
 
 class CallbackList:
@@ -51,7 +30,6 @@ class CallbackList:
             getattr(cb, event)(*args)
 
 
-@CALLBACKS.register("metrics_jsonl")
 class MetricsLogger(Callback):
     """Appends every evaluation to metrics.jsonl (step, epoch, wall seconds, samples seen, metrics)."""
 
@@ -59,7 +37,7 @@ class MetricsLogger(Callback):
         self.path = run_dir / "metrics.jsonl"
         self.log = log
 
-    def on_eval_end(self, state: TrainState, record: dict) -> None:
+    def on_eval_end(self, state: LoopState, record: dict) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         m = scalars(record["metrics"])
@@ -68,7 +46,6 @@ class MetricsLogger(Callback):
                  f"{'  (best)' if state.is_best else ''}")
 
 
-@CALLBACKS.register("early_stopping")
 class EarlyStopping(Callback):
     """Stops after `patience` evaluations without a `min_delta` improvement, or once `target` is reached."""
 
@@ -79,7 +56,13 @@ class EarlyStopping(Callback):
         self.best: Optional[float] = None
         self.bad = 0
 
-    def on_eval_end(self, state: TrainState, record: dict) -> None:
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.best, self.bad = d["best"], d["bad"]
+
+    def on_eval_end(self, state: LoopState, record: dict) -> None:
         value = record["metrics"][self.metric]
         sign = 1 if self.mode == "max" else -1
         if self.target is not None and sign * (value - self.target) >= 0:
@@ -96,7 +79,6 @@ class EarlyStopping(Callback):
                 state.stop_reason = f"early stopping: no {self.metric} gain > {self.min_delta} in {self.patience} evals"
 
 
-@CALLBACKS.register("progress")
 class ProgressBar(Callback):
     """A rich progress bar with ETA, loss and samples/s."""
 
@@ -110,15 +92,15 @@ class ProgressBar(Callback):
         self.t0 = 0.0
         self.samples0 = 0
 
-    def on_fit_start(self, state: TrainState) -> None:
+    def on_fit_start(self, state: LoopState) -> None:
         self.progress.start()
         self.task_id = self.progress.add_task("train", total=state.total_steps, completed=state.step, info="")
         self.t0, self.samples0 = time.perf_counter(), state.samples_seen
 
-    def on_step_end(self, state: TrainState) -> None:
+    def on_step_end(self, state: LoopState) -> None:
         rate = (state.samples_seen - self.samples0) / max(time.perf_counter() - self.t0, 1e-9)
         self.progress.update(self.task_id, completed=state.step,
                              info=f"loss {state.last_loss:.4f}  {rate:.1f} samples/s  epoch {state.epoch}")
 
-    def on_fit_end(self, state: TrainState) -> None:
+    def on_fit_end(self, state: LoopState) -> None:
         self.progress.stop()

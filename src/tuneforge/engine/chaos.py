@@ -13,8 +13,9 @@ import signal
 import time
 from pathlib import Path
 
+from tuneforge.engine.callbacks import Callback
+
 ENV, MARKER_ENV = "TUNEFORGE_CHAOS", "TUNEFORGE_CHAOS_MARKER"
-POINTS = ("step", "epoch_end", "eval_batch", "checkpoint_write", "fit_end")
 _counts: dict[str, int] = {}
 
 
@@ -46,8 +47,8 @@ def point(name: str) -> None:
         time.sleep(60)
 
 
-class ChaosPoints:
-    """Callback exposing the loop's events as chaos points (added to a run only when TUNEFORGE_CHAOS is set)."""
+class ChaosPoints(Callback):
+    """Exposes the loop's events as chaos points (added to a run only when TUNEFORGE_CHAOS is set)."""
 
     def on_step_end(self, state) -> None:
         point("step")
@@ -58,11 +59,6 @@ class ChaosPoints:
     def on_fit_end(self, state) -> None:
         point("fit_end")
 
-    def __getattr__(self, name):
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
-
 
 def enabled() -> bool:
     return bool(os.environ.get(ENV))
@@ -71,40 +67,3 @@ def enabled() -> bool:
 def reset() -> None:
     """Forget the counts (tests that run several trainings in one process)."""
     _counts.clear()
-
-
-# ---------------------------------------------------------------- comparing an interrupted run with a clean one
-
-# summary.json fields that measure time or the process, not the training result
-TIME_FIELDS = ("train_seconds", "eval_seconds", "samples_per_second", "tokens_per_second", "gflops_per_second",
-               "peak_rss_mb", "rss_at_train_start_mb", "finished_at", "resumed_from_step")
-
-
-def weights_hash(run_dir: Path) -> str:
-    """sha256 over the kept model's tensors (names sorted, raw bytes)."""
-    import hashlib
-
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(Path(run_dir) / "model" / "model.safetensors"))
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].numpy().tobytes())
-    return h.hexdigest()
-
-
-def history(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without its wall-clock field."""
-    import json
-
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"} for line in lines]
-
-
-def summary(run_dir: Path) -> dict:
-    """summary.json without the TIME_FIELDS."""
-    import json
-
-    s = json.loads((Path(run_dir) / "summary.json").read_text())
-    return {k: v for k, v in s.items() if k not in TIME_FIELDS}

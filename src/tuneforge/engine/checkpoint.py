@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -21,7 +21,8 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
 from tuneforge.engine import chaos
-from tuneforge.engine.state import cpu_tensors
+from tuneforge.engine.callbacks import Callback
+from tuneforge.engine.snapshot import TrainingSnapshot, cpu_tensors
 from tuneforge.errors import ModelError
 
 STEP_DIR = re.compile(r"step-(\d{8})")
@@ -202,38 +203,33 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
     return loaded[0], loaded[1], meta
 
 
-class Checkpointer:
-    """Callback: after each evaluation write checkpoints/best.safetensors when it is the best so far, then a full
-    checkpoint (keeping the last `keep`). Must run after the callbacks whose state it saves (early stopping)."""
+class Checkpointer(Callback):
+    """After each evaluation write checkpoints/best.safetensors when it is the best so far, then a full
+    checkpoint (keeping the last `keep`). Must run after the callbacks whose state it saves (early stopping).
+    `best_weights`: the weights kept as best instead of the live ones (EMA)."""
 
-    def __init__(self, run_dir: Path, keep: int):
+    def __init__(self, run_dir: Path, keep: int, snapshot: TrainingSnapshot,
+                 best_weights: Optional[Callable[[], dict]] = None):
         self.dir = run_dir / "checkpoints"
-        self.keep = keep
-        self.trainer = None  # engine.state.TrainerState, bound once the loop components exist
-        self.written = 0
-        self.best_weights = None  # optional () -> state dict kept as best instead of the live weights (EMA)
+        self.keep, self.snapshot, self.best_weights = keep, snapshot, best_weights
 
     def on_eval_end(self, state, record: dict) -> None:
         if self.keep == 0 and not state.is_best:
             return
-        model, tensors, meta = self.trainer.capture(state, copy=False)  # written before training goes on
+        model, tensors, meta = self.snapshot.capture(state, copy=False)  # written before training goes on
         if state.is_best:  # first: a full checkpoint never names a best step whose weights are missing
             best = self.best_weights() if self.best_weights else model
-            save_weights(self.best_path(), best, {"step": str(state.step), "epoch": str(record["epoch"])})
+            save_weights(best_path(self.dir.parent), best, {"step": str(state.step), "epoch": str(record["epoch"])})
         if self.keep > 0:
             write_checkpoint(self.dir, state.step, model, tensors, meta)
-            self.written += 1
             for old in list_checkpoints(self.dir)[:-self.keep]:
                 _discard(old)
 
-    def latest(self) -> Optional[Path]:
-        found = list_checkpoints(self.dir)
-        return found[-1] if found else None
 
-    def best_path(self) -> Path:
-        return self.dir / "best.safetensors"
+def best_path(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "best.safetensors"
 
-    def __getattr__(self, name):  # the other callback events are no-ops
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    found = list_checkpoints(run_dir / "checkpoints")
+    return found[-1] if found else None

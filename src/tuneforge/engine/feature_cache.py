@@ -7,18 +7,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tuneforge.engine.loop import _to_device, make_loader
+from tuneforge.engine.loop import forward, make_loader
+from tuneforge.engine.trainable import head_module_name
 from tuneforge.tasks.base import Built
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNEFORGE_CACHE", Path.home() / ".cache" / "tuneforge")) / "features"
+from tuneforge.utils import cache_dir
 
 
 def content_key(model: torch.nn.Module, head: str, examples, preprocess: dict) -> str:
@@ -58,7 +56,6 @@ class HeadOnly:
     """Stands in for the ModelBundle during cached training: logits = head(features)."""
 
     def __init__(self, bundle, head: str):
-        self.full, self.head_name = bundle, head
         self.model = bundle.model.get_submodule(head)
 
     def logits(self, batch: dict) -> torch.Tensor:
@@ -66,7 +63,7 @@ class HeadOnly:
 
 
 @torch.no_grad()
-def compute_features(bundle, head: str, built: Built, batch_size: int, accelerator) -> np.ndarray:
+def compute_features(task, bundle, head: str, built: Built, batch_size: int, accelerator) -> np.ndarray:
     """Input of the head module for every example, in dataset order (forward pre-hook on the head)."""
     captured: list[torch.Tensor] = []
     hook = bundle.model.get_submodule(head).register_forward_pre_hook(
@@ -76,8 +73,7 @@ def compute_features(bundle, head: str, built: Built, batch_size: int, accelerat
     order = [i for b in loader.batch_sampler.batches() for i in b]
     try:
         for batch in loader:
-            with accelerator.autocast():
-                bundle.logits(_to_device(batch, accelerator.device))
+            forward(task, bundle, batch, accelerator)
     finally:
         hook.remove()
     feats = torch.cat(captured).numpy()
@@ -86,14 +82,14 @@ def compute_features(bundle, head: str, built: Built, batch_size: int, accelerat
     return out
 
 
-def cached_features(bundle, head: str, examples, built: Built, preprocess: dict, batch_size: int, accelerator,
+def cached_features(task, bundle, head: str, examples, built: Built, preprocess: dict, batch_size: int, accelerator,
                     log=print) -> np.ndarray:
     key = content_key(bundle.model, head, examples, preprocess)
-    path = cache_root() / f"{key}.npy"
+    path = cache_dir("features") / f"{key}.npy"
     if path.is_file():
         log(f"feature cache: hit {path.name} ({len(examples)} examples)")
         return np.load(path, mmap_mode="r", allow_pickle=False)  # memmap: bounded memory for large sets
-    feats = compute_features(bundle, head, built, batch_size, accelerator)
+    feats = compute_features(task, bundle, head, built, batch_size, accelerator)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, feats, allow_pickle=False)
@@ -102,16 +98,34 @@ def cached_features(bundle, head: str, examples, built: Built, preprocess: dict,
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def labels_of(built: Built):
-    ds = built.dataset
-    if hasattr(ds, "features") and isinstance(ds.features, dict):
-        return ds.features.get("labels")
-    return getattr(ds, "labels", None)
-
-
 def feature_built(features: np.ndarray, built: Built) -> Built:
     from torch.utils.data import default_collate
 
     # same lengths → the same (length-grouped) batch order as uncached training
-    return Built(FeatureDataset(features, labels_of(built)), default_collate, built.lengths, built.skipped,
+    return Built(FeatureDataset(features, built.dataset.labels), default_collate, built.lengths, built.skipped,
                  built.sample_weights)
+
+
+def feature_cache_usable(cfg, bundle, phase) -> Optional[str]:
+    """The head module name when cached features reproduce this phase exactly, else None."""
+    if not (phase.frozen_backbone and cfg.train.feature_cache and bundle.head.kind == "sequence"):
+        return None
+    if bundle.modality == "image" and cfg.data.augment.enabled:
+        return None  # random crops change the features every epoch
+    if cfg.train.lora is not None:
+        return None
+    return head_module_name(bundle)
+
+
+def cached_loaders(cfg, task, bundle, head: str, setup, accelerator, log):
+    """Train/val loaders over stored backbone features, plus the head-only stand-in for the bundle."""
+    pre = {"precision": str(accelerator.mixed_precision), "max_length": cfg.data.max_length,
+           "pad_to_multiple_of": cfg.data.pad_to_multiple_of, "image_size": cfg.data.image_size,
+           "image_cfg": bundle.image_cfg, "augment": False}
+    bs = cfg.eval_batch_size
+    loaders = []
+    for ex, built, train in ((setup.train_ex, setup.train_built, True), (setup.val_ex, setup.val_built, False)):
+        feats = cached_features(task, bundle, head, ex, built, {**pre, "train": train}, bs, accelerator, log)
+        loaders.append(make_loader(feature_built(feats, built), cfg.train.batch_size if train else bs, train,
+                                   cfg.train.seed))
+    return HeadOnly(bundle, head), loaders[0], loaders[1]

@@ -22,7 +22,7 @@ class ResourceError(TuneforgeError):
 
 
 class Rollback(Exception):
-    """Raised inside the epoch loop; `fit` catches it and calls NanGuard.rollback."""
+    """Raised inside the epoch loop; `fit` catches it and rolls back through the NaN guard."""
 
 
 class NanGuard:
@@ -34,9 +34,6 @@ class NanGuard:
         self.skipped, self.rollbacks, self.lr_scale = 0, 0, 1.0
         self.consecutive = 0
         self.reason = ""
-        # set by the runner for rollback: restore(state) reloads the last checkpoint (this guard's counters too)
-        self.restore: Optional[Callable] = None
-        self.optimizer = self.scheduler = None
 
     def state_dict(self) -> dict:
         return {"skipped": self.skipped, "rollbacks": self.rollbacks, "lr_scale": self.lr_scale}
@@ -72,7 +69,7 @@ class NanGuard:
                                     "row (train.nan_policy: skip); lower train.lr or check the data")
             return False
         if self.policy == "rollback":
-            if self.restore is None or self.rollbacks >= MAX_ROLLBACKS:
+            if self.rollbacks >= MAX_ROLLBACKS:
                 raise TrainingError(f"non-finite values at step {step} ({bad}) after {self.rollbacks} rollbacks "
                                     f"(LR x{self.lr_scale:g}); lower train.lr or check the data")
             self.reason = f"step {step}: {bad}"
@@ -80,12 +77,13 @@ class NanGuard:
         raise TrainingError(f"non-finite values at step {step} ({bad}); lower train.lr (now the LR x"
                             f"{self.lr_scale:g}) or set train.nan_policy: skip or rollback")
 
-    def rollback(self, state) -> None:
-        """Reload the last checkpoint and lower the LR for good; the counters survive the reload."""
+    def rollback(self, state, optimizer, scheduler, restore: Callable) -> None:
+        """`restore(state)` reloads the last checkpoint (this guard's counters too); then the LR is lowered for
+        good. The counters survive the reload."""
         skipped, rollbacks, scale = self.skipped, self.rollbacks + 1, self.lr_scale * self.lr_factor
-        self.optimizer.zero_grad(set_to_none=True)  # the non-finite gradients must not leak into the replay
-        self.restore(state)
-        scale_lr(self.optimizer, self.scheduler, scale / self.lr_scale)  # the checkpoint's LRs carry its scale
+        optimizer.zero_grad(set_to_none=True)  # the non-finite gradients must not leak into the replay
+        restore(state)
+        scale_lr(optimizer, scheduler, scale / self.lr_scale)  # the checkpoint's LRs carry its scale
         self.skipped, self.rollbacks, self.lr_scale, self.consecutive = skipped, rollbacks, scale, 0
         self.log(f"nan guard: {self.reason}; rolled back to step {state.step}, LR now x{scale:g} "
                  f"(rollback {rollbacks} of at most {MAX_ROLLBACKS})")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.engine.loop import _to_device
+from tuneforge.engine.loop import forward
 from tuneforge.engine.optim import create_optimizer
 
 
@@ -31,9 +31,8 @@ def lr_range_test(bundle, task, loader, tc, accelerator, plot_path: Path | None,
         lr = start * gamma ** i
         for g in optimizer.param_groups:
             g["lr"] = lr
-        batch = _to_device(batch, accelerator.device)
-        with accelerator.autocast():
-            loss = task.loss(bundle.logits(batch), batch)
+        outputs, batch = forward(task, bundle, batch, accelerator)
+        loss = task.loss(outputs, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -2,38 +2,14 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Optional
 
 import torch
 from transformers import get_scheduler
 
+from tuneforge.engine.trainable import layer_depths
+
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
-_HF_LAYER = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
-
-
-def layer_depths(model: torch.nn.Module, head: set[str]) -> tuple[dict[str, int], int]:
-    """Depth of every parameter (0 = input side). timm models describe their own grouping; transformer
-    stacks are numbered `...layer.<i>...`; embeddings come first and the head (and anything after the stack) last."""
-    names = [n for n, _ in model.named_parameters()]
-    depth: dict[str, int] = {}
-    if hasattr(model, "group_matcher"):
-        from timm.models import group_parameters
-
-        for gid, members in enumerate(group_parameters(model, model.group_matcher(coarse=False)).values()):
-            depth.update({n: gid for n in members})
-    else:
-        for n in names:
-            m = _HF_LAYER.search(n)
-            if m:
-                depth[n] = int(m.group(1)) + 1
-            elif "embed" in n:
-                depth[n] = 0
-    top = max(depth.values(), default=0) + 1
-    for n in names:
-        if n in head or n not in depth:
-            depth[n] = top
-    return depth, top
 
 
 def param_groups(model: torch.nn.Module, tcfg, head: Optional[set[str]] = None) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ class HeadSpec:
 
     num_outputs: int
     labels: list[str]  # output names (class names, tags); empty for plain regression
-    kind: str = "sequence"  # sequence | token | causal_lm: picks the HF auto class
+    kind: str = "sequence"  # sequence | token | encoder: picks the HF auto class
     problem_type: Optional[str] = None  # HF problem_type (single_label_classification, regression, ...)
 
 
@@ -33,9 +33,14 @@ class ModelBundle:
     image_cfg: Optional[dict] = None  # input_size, mean, std, crop_pct, interpolation
     new_params: list[str] = field(default_factory=list)  # randomly initialised (the new head)
     extra_meta: dict = field(default_factory=dict)
+    siamese: ClassVar[bool] = False  # text pairs are encoded one side at a time (models/siamese.py)
 
     def logits(self, batch: dict) -> torch.Tensor:
         raise NotImplementedError
+
+    def replace_model(self, model: nn.Module) -> None:
+        """Swap the module for a wrapped or unwrapped version of itself (accelerator-prepared, LoRA, merged)."""
+        self.model = model
 
     def save(self, out_dir: Path) -> None:
         """Write the model in its library's own loadable format (not counting tuneforge.json)."""
@@ -43,6 +48,15 @@ class ModelBundle:
 
     def use_gradient_checkpointing(self) -> bool:
         """Recompute each block's activations in backward instead of keeping them; False if unsupported."""
+        return False
+
+    # speed toggles: each returns whether it is now on (False: the model has no such fast path)
+    def use_channels_last(self) -> bool:
+        """NHWC activations (oneDNN's fast path for convolutions)."""
+        return False
+
+    def use_first_token_shortcut(self) -> bool:
+        """Run the last encoder layer for the first token only (sequence classifiers that read only it)."""
         return False
 
     def meta(self) -> dict:

@@ -20,7 +20,6 @@ AUTO_CLASSES = {
     "sequence": "AutoModelForSequenceClassification",
     "token": "AutoModelForTokenClassification",
     "encoder": "AutoModel",  # no head: wrapped by models/siamese.py
-    "causal_lm": "AutoModelForCausalLM",
 }
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -99,8 +98,6 @@ def _auto_class(head: HeadSpec):
 
 
 def _head_kwargs(head: HeadSpec) -> dict:
-    if head.kind == "causal_lm":
-        return {}
     kw = {"num_labels": head.num_outputs}
     if head.labels:
         kw["id2label"] = dict(enumerate(head.labels))

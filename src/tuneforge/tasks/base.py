@@ -1,11 +1,15 @@
 """The Task seam: everything that differs between problem types, behind one small interface.
 
-A task owns: reading and checking labels, the head it needs, turning examples into a Dataset,
-its loss, its metrics and how predictions are decoded. The training loop knows none of this."""
+A task owns: reading and checking labels, the head it needs, turning examples into a Dataset, its loss,
+its metrics and how predictions are decoded. The training loop knows none of this.
+
+Adding a task: one module with a `Task` subclass registered as `@TASKS.register("name")`, imported in
+`tasks/__init__.py`. Tasks whose inputs are one row each (text, text pair, image, ...) subclass `RowTask`
+(tasks/rows.py), which builds the inputs for every modality."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -31,17 +35,31 @@ class Built:
 
 class Task:
     name = ""
-    head_kind = "sequence"
     default_loss = "cross_entropy"
+    allowed_losses: tuple[str, ...] = ("cross_entropy",)
     default_metric = "accuracy"
+    metric_names: tuple[str, ...] = ("loss",)  # scalars new_metrics().compute() returns (eval.metric choices)
     minimize = ("loss", "mse", "mae", "rmse")  # metrics where lower is better
     file_reader: Optional[str] = None  # FILE_READERS name; None: the model's modality
 
     def __init__(self, cfg, log=print):
         self.cfg, self.log = cfg, log
         self.labels: list[str] = []
-        self._loss: Optional[Callable] = None
         self.report: dict = {}  # data counts worth a line in summary.json (rows without labels, windows, ...)
+        self.remedy = "none"  # the imbalance remedy chosen from the data (choose_imbalance)
+        self._loss: Optional[Callable] = None  # built by make_loss once the data is known
+
+    # ---------------------------------------------------------------- recipe checks (before any data is read)
+    def check_recipe(self) -> None:
+        """task.loss and eval.metric must fit this task: checked before anything is loaded or written."""
+        loss = self.cfg.task.loss
+        if loss is not None and loss not in self.allowed_losses:
+            raise ConfigError(f"task.loss '{loss}' does not fit task '{self.name}'; choose one of: "
+                              f"{', '.join(self.allowed_losses)}")
+        metric = self.cfg.eval.metric
+        if metric is not None and metric not in self.metric_names:
+            raise ConfigError(f"eval.metric '{metric}' is not computed by task '{self.name}'; choose one of: "
+                              f"{', '.join(self.metric_names)}")
 
     # ---------------------------------------------------------------- data
     def read_examples(self, modality: str) -> tuple[Examples, Examples, Optional[Examples]]:
@@ -68,10 +86,16 @@ class Task:
     def fit_labels(self, train: Examples, val: Examples) -> None:
         """Learn the label space from train and check val against it."""
 
+    def encode_labels(self, ex: Examples) -> Optional[list]:
+        """The labels as the loss sees them (class ids, standardised values, multi-hot rows, tag ids); None when
+        the examples have no labels (predict). A label outside what training learned is a DataError."""
+        raise NotImplementedError
+
     def head_spec(self) -> HeadSpec:
         raise NotImplementedError
 
-    def build(self, ex: Examples, bundle: ModelBundle, train: bool) -> Built:
+    def build(self, ex: Examples, bundle: ModelBundle, split: str) -> Built:
+        """Examples → Dataset for a split: "train" (augmented, shuffled), "val", "test" or "predict"."""
         raise NotImplementedError
 
     def class_counts(self, train: Examples) -> Optional[dict]:
@@ -90,17 +114,26 @@ class Task:
     def class_weights(self) -> Optional[torch.Tensor]:
         return None
 
-    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        if self._loss is None:
-            name = self.cfg.task.loss or self.default_loss
-            self._loss = LOSSES.get(name, "task.loss")(self.cfg.task, self.class_weights())
-        return self._loss(logits, batch["labels"])
+    def loss_name(self) -> str:
+        return self.cfg.task.loss or self.default_loss
 
-    def train_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    def make_loss(self) -> None:
+        """Build the loss once the data is known (class weights); before any run folder is written."""
+        self._loss = LOSSES.get(self.loss_name(), "task.loss")(self.cfg.task, self.class_weights())
+
+    def forward(self, bundle: ModelBundle, batch: dict):
+        """The model's outputs for a batch already on the device (tasks with their own forward override this)."""
+        return bundle.logits(batch)
+
+    def loss(self, outputs, batch: dict) -> torch.Tensor:
+        return self._loss(outputs, batch["labels"])
+
+    def train_loss(self, outputs, batch: dict) -> torch.Tensor:
         """The loss the optimizer sees; `loss` (also used for evaluation) unless a task normalises differently."""
-        return self.loss(logits, batch)
+        return self.loss(outputs, batch)
 
-    def new_metrics(self):
+    def new_metrics(self, bundle: ModelBundle):
+        """A streaming accumulator: update(outputs, batch, loss) per batch, then compute() -> dict."""
         raise NotImplementedError
 
     def finalize(self) -> None:
@@ -134,13 +167,16 @@ class Task:
 
 
 def create_task(cfg, log=print) -> Task:
-    return TASKS.get(cfg.task.type, "task.type")(cfg, log)
+    task = TASKS.get(cfg.task.type, "task.type")(cfg, log)
+    task.check_recipe()
+    return task
 
 
 def task_from_saved(cfg, state: dict, log=print) -> Task:
     task = create_task(cfg, log)
     task.load_state(state)
+    task.make_loss()
     return task
 
 
-__all__ = ["TASKS", "Task", "Built", "create_task", "task_from_saved", "Any"]
+__all__ = ["TASKS", "Task", "Built", "create_task", "task_from_saved"]

@@ -8,12 +8,11 @@ import numpy as np
 import torch
 
 from tuneforge.data.examples import Examples
-from tuneforge.errors import ConfigError, DataError
+from tuneforge.errors import DataError
+from tuneforge.metrics import RegressionMetrics
 from tuneforge.models.base import HeadSpec, ModelBundle
-from tuneforge.tasks.base import TASKS, Task, Built
-from tuneforge.tasks.classification import Classification, build_inputs
-
-REGRESSION_LOSSES = ("mse", "huber", "l1")
+from tuneforge.tasks.base import TASKS
+from tuneforge.tasks.rows import RowTask
 
 
 def parse_target(v, where: str, column: str) -> float:
@@ -30,61 +29,18 @@ def parse_target(v, where: str, column: str) -> float:
     return y
 
 
-def _corr(kind: str, p: np.ndarray, y: np.ndarray) -> float:
-    """Pearson / Spearman; 0.0 when undefined (constant predictions), so model selection stays well-defined."""
-    from scipy.stats import pearsonr, spearmanr
-
-    if len(p) < 2 or np.ptp(p) == 0 or np.ptp(y) == 0:
-        return 0.0
-    r = (pearsonr if kind == "pearson" else spearmanr)(p, y)[0]
-    return float(r) if np.isfinite(r) else 0.0
-
-
-class RegressionMetrics:
-    """MSE, RMSE, MAE, Pearson and Spearman, in the target's own units (standardisation undone)."""
-
-    def __init__(self, mean: float = 0.0, std: float = 1.0):
-        self.mean, self.std = mean, std
-        self.preds: list[np.ndarray] = []
-        self.targets: list[np.ndarray] = []
-        self.loss_sum, self.n = 0.0, 0
-
-    def update(self, logits: torch.Tensor, batch: dict, loss: float) -> None:
-        y = batch["labels"].reshape(-1)
-        self.preds.append(logits.reshape(len(y), -1)[:, 0].float().cpu().numpy())
-        self.targets.append(y.float().cpu().numpy())
-        self.loss_sum += loss * len(y)
-        self.n += len(y)
-
-    def compute(self) -> dict:
-        p = np.concatenate(self.preds).astype(np.float64) * self.std + self.mean
-        y = np.concatenate(self.targets).astype(np.float64) * self.std + self.mean
-        err = p - y
-        mse = float(np.mean(err ** 2)) if len(y) else 0.0
-        return {"loss": self.loss_sum / max(self.n, 1), "mse": mse, "rmse": math.sqrt(mse),
-                "mae": float(np.mean(np.abs(err))) if len(y) else 0.0,
-                "pearson": _corr("pearson", p, y), "spearman": _corr("spearman", p, y), "samples": int(self.n)}
-
-
 @TASKS.register("regression")
-class Regression(Classification):
-    """Reuses classification's input handling (texts, pairs, images); the label is a number."""
-
+class Regression(RowTask):
     name = "regression"
     default_loss = "mse"
+    allowed_losses = ("mse", "huber", "l1")
     default_metric = "mse"
+    metric_names = ("loss", "mse", "rmse", "mae", "pearson", "spearman")
+    label_dtype = torch.float
 
     def __init__(self, cfg, log=print):
         super().__init__(cfg, log)
         self.mean, self.std = 0.0, 1.0  # identity unless task.standardize
-
-    def stratify_key(self, ex: Examples) -> Optional[list]:
-        return None
-
-    def class_counts(self, train: Examples) -> Optional[dict]:
-        return None  # no classes: no class balance to report or correct
-
-    choose_imbalance = Task.choose_imbalance
 
     def targets(self, ex: Examples) -> list[float]:
         col = self.cfg.data.label_column
@@ -100,9 +56,8 @@ class Regression(Classification):
                 self.std = 1.0
             self.log(f"data: targets standardised with train mean {self.mean:.4g}, std {self.std:.4g} "
                      "(predictions are mapped back)")
-        self.labels = []
 
-    def label_ids(self, ex: Examples) -> Optional[list[float]]:
+    def encode_labels(self, ex: Examples) -> Optional[list[float]]:
         if ex.labels is None:
             return None
         return [(y - self.mean) / self.std for y in self.targets(ex)]
@@ -110,20 +65,7 @@ class Regression(Classification):
     def head_spec(self) -> HeadSpec:
         return HeadSpec(1, [], "sequence", "regression")
 
-    def build(self, ex: Examples, bundle: ModelBundle, train: bool) -> Built:
-        ex = self.prepare_images(ex, bundle)
-        built = build_inputs(ex, bundle, self.cfg, train, self.cache, self.label_ids(ex), label_dtype=torch.float)
-        built.skipped = len(ex.skipped)
-        return built
-
-    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        name = self.cfg.task.loss or self.default_loss
-        if name not in REGRESSION_LOSSES:
-            raise ConfigError(f"task.loss '{name}' does not fit regression; choose one of: "
-                              f"{', '.join(REGRESSION_LOSSES)}")
-        return super().loss(logits, batch)
-
-    def new_metrics(self):
+    def new_metrics(self, bundle: ModelBundle):
         return RegressionMetrics(self.mean, self.std)
 
     def decode(self, logits: torch.Tensor, top_k: Optional[int]) -> list[dict]:

@@ -12,6 +12,7 @@ from tuneforge.data.examples import Examples
 from tuneforge.data.tagging import IGNORE, build_windows, split_words
 from tuneforge.data.text import PadCollator, TokenizedDataset
 from tuneforge.errors import ConfigError, DataError
+from tuneforge.metrics import TagMetrics
 from tuneforge.models.base import HeadSpec, ModelBundle
 from tuneforge.tasks.base import TASKS, Built, Task
 
@@ -39,69 +40,26 @@ def entities(tags: list[str], probs: Optional[list[float]] = None) -> list[tuple
     return out
 
 
-class TagMetrics:
-    """Collects (sentence, word, predicted tag, gold tag) for every scored word; seqeval at the end."""
-
-    def __init__(self, labels: list[str]):
-        self.labels = labels
-        self.rows: list[np.ndarray] = []
-        self.loss_sum, self.n_tokens, self.n_windows = 0.0, 0, 0
-
-    def update(self, logits: torch.Tensor, batch: dict, loss: float) -> None:
-        wids = batch["word_ids"]
-        mask = wids != IGNORE
-        sid = batch["sent_id"][:, None].expand_as(wids)
-        cols = [sid[mask], wids[mask], logits.argmax(-1)[mask], batch["labels"][mask]]
-        self.rows.append(torch.stack(cols, 1).cpu().numpy())
-        n = int(mask.sum())
-        self.loss_sum += loss * n
-        self.n_tokens += n
-        self.n_windows += len(wids)
-
-    def sentences(self) -> tuple[list[list[str]], list[list[str]]]:
-        rows = np.concatenate(self.rows) if self.rows else np.zeros((0, 4), dtype=np.int64)
-        rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]
-        gold, pred = [], []
-        for chunk in np.split(rows, np.flatnonzero(np.diff(rows[:, 0])) + 1) if len(rows) else []:
-            pred.append([self.labels[i] for i in chunk[:, 2]])
-            gold.append([self.labels[i] for i in chunk[:, 3]])
-        return gold, pred
-
-    def compute(self) -> dict:
-        from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
-
-        gold, pred = self.sentences()
-        out = {"loss": self.loss_sum / max(self.n_tokens, 1)}
-        if not gold:
-            return {**out, "precision": 0.0, "recall": 0.0, "f1": 0.0, "accuracy": 0.0, "per_type": {},
-                    "sentences": 0, "samples": self.n_windows}
-        kw = {"zero_division": 0}
-        report = classification_report(gold, pred, output_dict=True, **kw)
-        per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]),
-                        "f1": float(v["f1-score"]), "support": int(v["support"])}
-                    for k, v in report.items() if " avg" not in k}
-        return {**out, "precision": float(precision_score(gold, pred, **kw)),
-                "recall": float(recall_score(gold, pred, **kw)), "f1": float(f1_score(gold, pred, **kw)),
-                "accuracy": float(accuracy_score(gold, pred)), "per_type": per_type,
-                "sentences": len(gold), "samples": self.n_windows}
-
-
 @TASKS.register("token_classification")
 class TokenClassification(Task):
     name = "token_classification"
-    head_kind = "token"
+    allowed_losses = ("cross_entropy", "focal")
     default_metric = "f1"
+    metric_names = ("loss", "precision", "recall", "f1", "accuracy")
     file_reader = "conll"
-    tokens_per_batch: Optional[float] = None  # train set's mean labelled tokens per batch (set by build)
+
+    def __init__(self, cfg, log=print):
+        super().__init__(cfg, log)
+        self.tokens_per_batch: Optional[float] = None  # train set's mean labelled tokens per batch (set by build)
 
     def fit_labels(self, train: Examples, val: Examples) -> None:
         self.labels = sorted({t for tags in train.labels for t in tags}, key=_tag_order)
         if len(self.labels) < 2:
             raise DataError(f"train has a single tag ({', '.join(self.labels) or 'none'}); token classification "
                             "needs at least 2 (check that the tag is the last column)")
-        self.tag_ids(val)
+        self.encode_labels(val)
 
-    def tag_ids(self, ex: Examples) -> Optional[list[list[int]]]:
+    def encode_labels(self, ex: Examples) -> Optional[list[list[int]]]:
         """Tags → ids; a tag outside the train tag set is an error at its own line."""
         if ex.labels is None:
             return None
@@ -123,13 +81,14 @@ class TokenClassification(Task):
     def words(x) -> list[str]:
         return split_words(x)[0] if isinstance(x, str) else list(x)
 
-    def build(self, ex: Examples, bundle: ModelBundle, train: bool) -> Built:
+    def build(self, ex: Examples, bundle: ModelBundle, split: str) -> Built:
         if bundle.modality != "text":
             raise ConfigError("task.type token_classification needs a text model (e.g. model.name: minilm-l6)")
         tok = bundle.tokenizer
         limit = tok.model_max_length if tok.model_max_length < 100_000 else self.cfg.data.max_length
+        train = split == "train"
         try:
-            w = build_windows(tok, [self.words(x) for x in ex.inputs], self.tag_ids(ex),
+            w = build_windows(tok, [self.words(x) for x in ex.inputs], self.encode_labels(ex),
                               min(self.cfg.data.max_length, limit), self.cfg.data.window_overlap, score_all=train)
         except ValueError as e:
             raise ConfigError(str(e)) from None
@@ -140,15 +99,13 @@ class TokenClassification(Task):
             if self.cfg.task.token_loss_norm == "dataset":
                 self.log(f"loss: summed over labelled tokens / {self.tokens_per_batch:.1f} (train mean per batch; "
                          "task.token_loss_norm: dataset)")
-        self._report(ex, w, train)
+        self._report(ex, w, split)
         collate = PadCollator(tok.pad_token_id, pad_labels=True, extra_pad={"word_ids": IGNORE},
                               multiple=self.cfg.data.pad_to_multiple_of)
         return Built(TokenizedDataset(w.features, w.lengths), collate, w.lengths, skipped=w.empty_sentences)
 
-    def _report(self, ex: Examples, w, train: bool) -> None:
-        # run.py builds train, then val, then test (if any)
+    def _report(self, ex: Examples, w, split: str) -> None:
         windows = self.report.setdefault("windows", {})
-        split = "train" if train else ("val" if "val" not in windows else "test")
         counts = {"sentences": len(ex), "windows": len(w.lengths), "split_sentences": w.long_sentences,
                   "empty_sentences": w.empty_sentences, "unscored_windows": w.unscored_windows,
                   "unknown_token_words": w.empty_words}
@@ -179,7 +136,7 @@ class TokenClassification(Task):
             return loss
         return loss * ((batch["labels"] != IGNORE).sum() / self.tokens_per_batch)
 
-    def new_metrics(self):
+    def new_metrics(self, bundle: ModelBundle):
         return TagMetrics(self.labels)
 
     def decode_batches(self, ex: Examples, batches: Iterable[tuple[torch.Tensor, dict]], order: list[int],

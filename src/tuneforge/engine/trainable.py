@@ -1,11 +1,15 @@
-"""Limited-compute strategies: freezing (patterns, backbone, embeddings), LoRA via peft, weight EMA."""
+"""What trains, in one place: freezing (patterns, backbone, embeddings), gradual unfreezing, train mode, gradient
+checkpointing, LoRA (peft), layer depths for discriminative LRs, and the training phases that apply them.
+
+A run is one or more `Phase`s (fastai-style fine_tune: a head-only phase, then the unfrozen model, optionally
+unfrozen gradually); each phase applies its own trainable set to the model with `Phase.apply`."""
 from __future__ import annotations
 
-import copy
 import fnmatch
+import re
+from dataclasses import dataclass
 import math
 import warnings
-from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -74,11 +78,36 @@ def apply_freeze(bundle, tcfg, log=print) -> None:
         emb.weight.requires_grad_(False)
 
 
+_HF_LAYER = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def layer_depths(model: nn.Module, head: set[str]) -> tuple[dict[str, int], int]:
+    """Depth of every parameter (0 = input side). timm models describe their own grouping; transformer
+    stacks are numbered `...layer.<i>...`; embeddings come first and the head (and anything after the stack) last."""
+    names = [n for n, _ in model.named_parameters()]
+    depth: dict[str, int] = {}
+    if hasattr(model, "group_matcher"):  # timm's own layer grouping
+        from timm.models import group_parameters
+
+        for gid, members in enumerate(group_parameters(model, model.group_matcher(coarse=False)).values()):
+            depth.update({n: gid for n in members})
+    else:
+        for n in names:
+            m = _HF_LAYER.search(n)
+            if m:
+                depth[n] = int(m.group(1)) + 1
+            elif "embed" in n:
+                depth[n] = 0
+    top = max(depth.values(), default=0) + 1
+    for n in names:
+        if n in head or n not in depth:
+            depth[n] = top
+    return depth, top
+
+
 def freeze_lower_layers(bundle, trainable_fraction: float) -> int:
     """Gradual unfreezing: keep only the top `trainable_fraction` of layer groups (the head counts as the top one)
     trainable. Returns how many groups train."""
-    from tuneforge.engine.optim import layer_depths
-
     depths, top = layer_depths(bundle.model, head_names(bundle))
     keep = max(1, math.ceil(trainable_fraction * (top + 1)))
     for name, p in bundle.model.named_parameters():
@@ -90,11 +119,6 @@ def freeze_lower_layers(bundle, trainable_fraction: float) -> int:
 def unfreeze_all(model: nn.Module) -> None:
     for p in model.parameters():
         p.requires_grad_(True)
-
-
-def backbone_frozen(bundle) -> bool:
-    head = head_names(bundle)
-    return bool(head) and all(p.requires_grad == (n in head) for n, p in bundle.model.named_parameters())
 
 
 def set_train_mode(model: nn.Module, freeze_norm_stats: bool = False, head: Optional[str] = None) -> None:
@@ -179,14 +203,14 @@ def apply_lora(bundle, lcfg, log=print) -> None:
 
     head = head_module_name(bundle)
     targets = lcfg.target_modules or _default_targets(bundle.model, head)
-    kind = {"sequence": "SEQ_CLS", "token": "TOKEN_CLS", "causal_lm": "CAUSAL_LM"}.get(bundle.head.kind)
+    kind = {"sequence": "SEQ_CLS", "token": "TOKEN_CLS"}.get(bundle.head.kind)
     is_hf = hasattr(bundle.model, "config") and hasattr(bundle.model.config, "model_type")
     config = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout, target_modules=targets,
                         modules_to_save=[head] if head else None, task_type=kind if is_hf else None)
     try:
         with warnings.catch_warnings():  # peft asks transformers 5 for a renamed attribute; nothing for users to do
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            bundle.model = get_peft_model(bundle.model, config)
+            bundle.replace_model(get_peft_model(bundle.model, config))
     except (ValueError, KeyError) as e:
         msg = str(e).splitlines()[0][:200]
         raise ConfigError(f"train.lora.target_modules: {msg}; set module names that exist in the model") from None
@@ -203,49 +227,59 @@ def merge_lora(bundle, adapter_dir=None) -> None:
         return
     if adapter_dir is not None:
         bundle.model.save_pretrained(str(adapter_dir), safe_serialization=True)
-    bundle.model = bundle.model.merge_and_unload()
-    bundle.new_params = []
+    bundle.replace_model(bundle.model.merge_and_unload())
 
 
-# ---------------------------------------------------------------- EMA
+def check_trainable(model: nn.Module) -> None:
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("nothing would train: every parameter is frozen (train.freeze / train.freeze_embeddings); "
+                          "freeze fewer parameters")
 
 
-class WeightEMA:
-    """Callback: exponential moving average of the weights (buffers copied), updated after every optimizer step.
-    Evaluation runs on it (`applied`), so the best checkpoint and the kept model are the averaged weights."""
+# ---------------------------------------------------------------- phases
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.model, self.decay = model, decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def on_step_end(self, state) -> None:
-        self.update(self.model)
+@dataclass
+class Phase:
+    name: str
+    epochs: float
+    lr: float
+    head_lr: Optional[float]
+    layer_decay: Optional[float]
+    frozen_backbone: bool  # only the new head trains; the backbone runs in eval mode
+    trainable_fraction: float = 1.0  # gradual unfreezing: the top share of layer groups that trains
+    refreeze: bool = False  # multi-phase plans set each phase's own trainable set
 
-    def __getattr__(self, name):  # the other callback events are no-ops
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
+    def train_config(self, tc):
+        """The train section as this phase sees it (optimizer and schedule are built from it)."""
+        return tc.model_copy(update={"lr": self.lr, "head_lr": self.head_lr, "layer_decay": self.layer_decay,
+                                     "epochs": self.epochs, "freeze": "backbone" if self.frozen_backbone else tc.freeze})
 
-    def state_dict(self) -> dict:
-        return {"shadow": self.shadow}
+    def apply(self, bundle, tc, log=print) -> None:
+        """Set this phase's trainable parameters (a single-phase run keeps what prepare_trainable set)."""
+        if not self.refreeze:
+            return
+        unfreeze_all(bundle.model)
+        apply_freeze(bundle, self.train_config(tc), log)
+        if self.trainable_fraction < 1.0:
+            groups = freeze_lower_layers(bundle, self.trainable_fraction)
+            log(f"phase {self.name}: gradual unfreezing, the top {groups} layer groups train")
 
-    def load_state_dict(self, d: dict) -> None:
-        for k, v in d["shadow"].items():
-            self.shadow[k].copy_(v)
+    def train_mode(self, bundle, tc):
+        """The function the loop calls to put the model in train mode for this phase."""
+        head = head_module_name(bundle) if self.frozen_backbone else None
+        return lambda model: set_train_mode(model, tc.freeze_norm_stats, head if model is bundle.model else None)
 
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v, 1.0 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
 
-    @contextmanager
-    def applied(self, model: nn.Module):
-        backup = copy.deepcopy(model.state_dict())
-        model.load_state_dict(self.shadow)
-        try:
-            yield
-        finally:
-            model.load_state_dict(backup)
+def plan_phases(tc, lr: float) -> list[Phase]:
+    if tc.head_epochs <= 0:
+        return [Phase("train", tc.epochs, lr, tc.head_lr, tc.layer_decay, tc.freeze == "backbone")]
+    head = Phase("head", tc.head_epochs, tc.head_lr or 10 * lr, None, None, True, refreeze=True)
+    decay = tc.layer_decay or 0.8
+    if not tc.gradual_unfreeze:
+        return [head, Phase("fine_tune", tc.epochs, lr, tc.head_lr, decay, False, refreeze=True)]
+    # ULMFiT-style: one epoch with the top third of layer groups, one with the top two thirds, then all of them
+    stages = max(1, min(3, int(tc.epochs)))
+    return [head] + [Phase(f"unfreeze_{j}", 1.0 if j < stages else tc.epochs - (stages - 1), lr, tc.head_lr, decay,
+                           False, j / stages, refreeze=True) for j in range(1, stages + 1)]
+

@@ -1,0 +1,58 @@
+"""Putting training state back from checkpoints, on every run: a resumed run continues exactly where its latest
+checkpoint left it (phases finished before it are skipped), and NaN rollback reloads a phase's latest checkpoint
+(or the state the phase started from)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from tuneforge.engine.checkpoint import atomic_write_text, latest_checkpoint, read_checkpoint
+from tuneforge.engine.run_folder import RunFolder
+from tuneforge.engine.snapshot import TrainingSnapshot
+from tuneforge.engine.state import LoopState
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl as of a checkpoint: lines written after it (by a run that then crashed) are dropped."""
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+
+class StateRestorer:
+    def __init__(self, folder: RunFolder, log=print):
+        self.run_dir, self.log = folder.path, log
+        self.source = folder.checkpoint
+        self.loaded = read_checkpoint(folder.checkpoint) if folder.checkpoint is not None else None
+        self.phase = self.loaded[2].get("phase", 0) if self.loaded else 0
+        self.resumed_from = self.loaded[2]["step"] if self.loaded else None
+        if self.loaded is None and not folder.created:  # resuming a run that crashed before its first checkpoint
+            write_history(self.run_dir, [])
+            log("resume: no complete checkpoint yet; starting this run from the beginning")
+
+    def skip_phase(self, index: int) -> bool:
+        """True for phases that finished before the checkpoint being resumed."""
+        return self.loaded is not None and index < self.phase
+
+    def restore(self, snapshot: TrainingSnapshot, state: LoopState) -> None:
+        """Call once per phase right before `fit` (restoring sets the RNG): resumes into the checkpoint's phase."""
+        if self.loaded is None or snapshot.phase != self.phase:
+            return
+        snapshot.restore(state, *self.loaded)
+        self.loaded = None
+        write_history(self.run_dir, state.history)
+        state.stop_at_step_limit()  # the loop checks this right after the evaluation the checkpoint was written in
+        self.log(f"resumed from {self.source.relative_to(self.run_dir)}: step {state.step}, epoch {state.epoch} "
+                 f"batch {state.batch_in_epoch}, {len(state.history)} evaluations so far")
+
+    def rollback_fn(self, snapshot: TrainingSnapshot, state: LoopState, enabled: bool) -> Callable[[LoopState], None]:
+        """NaN rollback for this phase: to its latest checkpoint, or to where it started (captured now)."""
+        initial = snapshot.capture(state) if enabled else None
+        at_start = latest_checkpoint(self.run_dir)
+
+        def rollback(state: LoopState) -> None:
+            latest = latest_checkpoint(self.run_dir)
+            model, tensors, meta = initial if latest == at_start else read_checkpoint(latest)
+            snapshot.restore(state, model, tensors, meta)
+            write_history(self.run_dir, state.history)
+
+        return rollback

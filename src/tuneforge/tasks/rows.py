@@ -1,0 +1,90 @@
+"""RowTask: tasks whose examples are one row each (a text, a text pair, an image), whatever the label looks like.
+
+It builds the inputs for every modality (tokenized texts, siamese pairs, transformed images); its subclasses
+(classification, regression, multi-label) only say how labels are encoded, weighed and decoded."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from tuneforge.data.examples import Examples
+from tuneforge.data.images import ImageCache, ImageDataset, MixCollate, build_transforms
+from tuneforge.data.text import PadCollator, TokenizedDataset, tokenize_texts
+from tuneforge.errors import ConfigError
+from tuneforge.models.base import ModelBundle
+from tuneforge.tasks.base import Built, Task
+
+
+def build_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, cache: Optional[ImageCache],
+                 labels: Optional[list], label_dtype=torch.long) -> Built:
+    """Examples → Dataset for the bundle's modality."""
+    if bundle.modality == "text":
+        return _text_inputs(ex, bundle, cfg, train, labels, label_dtype)
+    size = cfg.data.image_size or bundle.image_cfg["input_size"][-1]
+    aug = cfg.data.augment
+    transform = build_transforms(bundle.image_cfg, size, train, aug)
+    mixing = train and aug.enabled and (aug.mixup > 0 or aug.cutmix > 0) and label_dtype == torch.long
+    collate = MixCollate(aug, len(bundle.head.labels)) if mixing and labels is not None else None
+    return Built(ImageDataset(ex.inputs, labels, cache, transform, label_dtype), collate)
+
+
+def _text_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, labels, label_dtype) -> Built:
+    texts = [x[0] if isinstance(x, tuple) else x for x in ex.inputs]
+    pairs = [x[1] for x in ex.inputs] if ex.inputs and isinstance(ex.inputs[0], tuple) else None
+    if train and pairs is not None and cfg.data.pair_swap:  # both orders: the model learns a symmetric score
+        texts, pairs = texts + pairs, pairs + texts
+        labels = None if labels is None else list(labels) + list(labels)
+    if bundle.siamese:  # model.pair_encoding: siamese
+        return _siamese_inputs(bundle, texts, pairs, cfg, labels, label_dtype)
+    features = tokenize_texts(bundle.tokenizer, texts, pairs, cfg.data.max_length)
+    if labels is not None:
+        features["labels"] = labels
+    lengths = [len(ids) for ids in features["input_ids"]]
+    collate = PadCollator(bundle.tokenizer.pad_token_id, label_dtype, multiple=cfg.data.pad_to_multiple_of)
+    return Built(TokenizedDataset(features, lengths), collate, lengths)
+
+
+def _siamese_inputs(bundle: ModelBundle, texts, pairs, cfg, labels, label_dtype) -> Built:
+    from tuneforge.models.siamese import pair_features
+
+    if pairs is None:
+        raise ConfigError("model.pair_encoding: siamese needs text pairs; set data.text_pair_column")
+    features, lengths, collate = pair_features(bundle.tokenizer, texts, pairs, cfg.data.max_length,
+                                               cfg.data.pad_to_multiple_of)
+    if labels is not None:
+        features["labels"] = labels
+    return Built(TokenizedDataset(features, lengths), collate(label_dtype), lengths)
+
+
+class RowTask(Task):
+    label_dtype = torch.long  # what encode_labels returns, as a tensor
+
+    def __init__(self, cfg, log=print):
+        super().__init__(cfg, log)
+        self.cache: Optional[ImageCache] = None  # decoded images, shared by the splits
+
+    def prepare_images(self, ex: Examples, bundle: ModelBundle) -> Examples:
+        """Decode (and check) every image once; unreadable ones are an error or, with data.on_bad_sample: skip,
+        dropped (Examples.origin keeps each kept row's input index)."""
+        if bundle.modality != "image":
+            return ex
+        if self.cache is None:
+            size = self.cfg.data.image_size or bundle.image_cfg["input_size"][-1]
+            self.cache = ImageCache(int(size / bundle.image_cfg.get("crop_pct", 0.875)) + 1,
+                                    self.cfg.data.cache_images_mb)
+        return self.cache.prepare(ex, self.cfg.data.on_bad_sample, self.log)
+
+    def sample_weights(self, labels: list) -> Optional[list[float]]:
+        """Per-example draw weights for the train sampler (class-balanced resampling); None: uniform."""
+        return None
+
+    def build(self, ex: Examples, bundle: ModelBundle, split: str) -> Built:
+        train = split == "train"
+        ex = self.prepare_images(ex, bundle)
+        labels = self.encode_labels(ex)
+        built = build_inputs(ex, bundle, self.cfg, train, self.cache, labels, self.label_dtype)
+        built.skipped = len(ex.skipped)
+        if train and labels is not None:
+            built.sample_weights = self.sample_weights(labels)
+        return built
