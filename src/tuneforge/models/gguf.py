@@ -206,8 +206,8 @@ def convert_gguf(package: GGUFPackage, log: Callable[[str], None] = print) -> Pa
     try:
         _build(package, parts, dest, log)
     except OSError as e:
-        raise ModelError(f"cannot write model folder '{dest}' ({e.strerror or e}); free disk space or set "
-                         "TUNEFORGE_CACHE to another folder") from None
+        raise ModelError(f"cannot build model folder '{dest}' ({e.strerror or e}); free disk space or set "
+                         "TUNEFORGE_CACHE to a writable folder") from None
     return dest
 
 
