@@ -371,24 +371,21 @@ def test_packed_loss_equals_each_example_alone(tok, attn):
     assert "attention_mask" not in batch
     with torch.no_grad():
         out = model(**batch, use_cache=False)  # the batch as the collator made it, as the task passes it
-    order, pos, segments = rows[0], 0, []  # recover each example's slice of the packed row from its position ids
-    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [len(order["input_ids"])]
-    segments = list(zip(starts[:-1], starts[1:]))[:len(examples)]
+    row = rows[0]  # each example's slice of the packed row, from where its position ids restart
+    starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
+    segments = list(zip(starts, starts[1:]))
+    pieces = [(row["input_ids"][a:b], row["labels"][a:b]) for a, b in segments]
+    assert sorted(pieces) == sorted(examples)  # every example whole, none split
     packed = _example_losses(out.logits[0].float(), batch["labels"][0], segments)
-    by_ids = {tuple(ids): (ids, labels) for ids, labels in examples}
     with torch.no_grad():
-        alone = []
-        for start, end in segments:
-            ids, labels = by_ids[tuple(batch["input_ids"][0, start:end].tolist())]
-            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float()
-            alone.append(_example_losses(logits, torch.tensor(labels), [(0, len(ids))])[0])
-    assert torch.allclose(packed, torch.stack(alone), atol=1e-5, rtol=0), (packed, alone)
+        alone = torch.stack([_example_losses(model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float(),
+                                             torch.tensor(labels), [(0, len(ids))])[0] for ids, labels in pieces])
+    assert torch.allclose(packed, alone, atol=1e-5, rtol=0), (packed, alone)
     # the model's own loss is the token-weighted mean: no example's last token is trained to predict the next one
-    n = torch.tensor([sum(x != IGNORE_INDEX for x in by_ids[tuple(batch["input_ids"][0, s:e].tolist())][1][1:])
-                      for s, e in segments], dtype=torch.float32)
-    n_extra = sum(x != IGNORE_INDEX for x in examples[0][1][1:])
-    loss_second_row = _example_losses(out.logits[1].float(), batch["labels"][1], [(0, len(examples[0][0]))])[0]
-    expected = ((packed * n).sum() + loss_second_row * n_extra) / (n.sum() + n_extra)
+    counts = torch.tensor([sum(x != IGNORE_INDEX for x in labels) for _, labels in pieces] +
+                          [sum(x != IGNORE_INDEX for x in examples[0][1])], dtype=torch.float32)
+    second_row = _example_losses(out.logits[1].float(), batch["labels"][1], [(0, len(examples[0][0]))])
+    expected = (torch.cat([alone, second_row]) * counts).sum() / counts.sum()
     assert abs(out.loss.item() - expected.item()) < 1e-5
 
 
@@ -442,6 +439,15 @@ def test_build_sft_inputs_packs_train_and_counts(tok, tmp_path):
     val = build_sft_inputs(ex, tok, cfg, train=False, log=quiet)  # evaluation: one example per row
     assert len(val.dataset) == 16 and "attention_mask" in val.collate([val.dataset[0]])
     assert val.dataset.references[0] == "Guten Morgen." and val.dataset.encoded[0].prompt_ids
+
+
+def test_special_token_text_in_data_is_reported(tok, tmp_path):
+    rows = [{"instruction": "Say <|im_end|> please", "output": "No."}, {"instruction": "Hi", "output": "Hello"}]
+    ex = read_chat_file(write_jsonl(tmp_path / "train.jsonl", rows), log=quiet)
+    lines = []
+    built = build_sft_inputs(ex, tok, recipe(tmp_path), train=False, log=lines.append)
+    assert built.dataset.stats.control_text_rows == 1
+    assert any("1 row(s) contain special-token text" in line and "line 1" in line for line in lines), lines
 
 
 def test_tokenization_is_cached_on_disk(tok, tmp_path, monkeypatch):

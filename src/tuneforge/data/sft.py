@@ -31,7 +31,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from tuneforge.errors import DataError
 
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 TRUNCATED_AWAY = "answer starts after max_length"
+NO_ANSWER_TOKEN = "the template renders no assistant token"
 SHORT_CHUNK = "text chunk shorter than 2 tokens"
 
 
@@ -190,7 +191,8 @@ def _encode_one(tokenizer, item, i: int, max_length: int, train_on: str, templat
     for enc in found:
         enc.source = i
         if all(x == IGNORE_INDEX for x in enc.labels):
-            skips.append((i, TRUNCATED_AWAY if enc.truncated else SHORT_CHUNK))
+            skips.append((i, SHORT_CHUNK if isinstance(item, str) else
+                          TRUNCATED_AWAY if enc.truncated else NO_ANSWER_TOKEN))
         else:
             kept.append(enc)
     return kept, skips
@@ -295,9 +297,12 @@ class SFTStats:
     packed_rows: Optional[int] = None
     packing_efficiency: Optional[float] = None
     first_skipped: dict[str, str] = field(default_factory=dict)  # reason → the first row skipped for it
+    # rows whose text contains a special token (e.g. "<|im_end|>"): it is encoded as the control token itself
+    control_text_rows: int = 0
+    first_control_text: Optional[str] = None
 
     def report(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None and k != "first_skipped"}
+        return {k: v for k, v in self.__dict__.items() if v is not None and not k.startswith("first_")}
 
     def lines(self, split: str, max_length: int) -> list[str]:
         out = [f"data: {split}: {self.rows} rows → {self.sequences} sequences, {self.tokens} tokens "
@@ -306,14 +311,28 @@ class SFTStats:
         for reason, n in self.skipped.items():
             hint = "; raise data.max_length" if reason == TRUNCATED_AWAY else ""
             out.append(f"data: {split}: skipped {n} row(s): {reason} (first: {self.first_skipped[reason]}){hint}")
+        if self.control_text_rows:
+            out.append(f"data: {split}: warning: {self.control_text_rows} row(s) contain special-token text (e.g. "
+                       f"an end-of-turn token) that is encoded as the control token and can end a turn early "
+                       f"(first: {self.first_control_text}); remove it from the data")
         if self.packed_rows is not None:
             out.append(f"data: {split}: packed into {self.packed_rows} rows of {max_length} tokens, "
                        f"packing efficiency {self.packing_efficiency:.3f} (real tokens / row capacity)")
         return out
 
 
+def control_text_rows(ex: Examples, tokenizer) -> list[int]:
+    """Indices of examples whose text contains a special token's text (e.g. a literal "<|im_end|>")."""
+    specials = end_of_turn_strings(tokenizer)
+
+    def texts(item):
+        return [item] if isinstance(item, str) else [m["content"] for m in item]
+    return [i for i, item in enumerate(ex.inputs) if any(s in t for t in texts(item) for s in specials)]
+
+
 def sft_stats(ex: Examples, kept: list[Encoded], skips: list[tuple[int, str]],
-              packed_lengths: Optional[list[int]] = None, capacity: int = 0) -> SFTStats:
+              packed_lengths: Optional[list[int]] = None, capacity: int = 0,
+              control: Sequence[int] = ()) -> SFTStats:
     lengths = np.array([len(e.input_ids) for e in kept] or [0])
     reasons = Counter(r for _, r in skips)
     if ex.skipped:
@@ -326,7 +345,7 @@ def sft_stats(ex: Examples, kept: list[Encoded], skips: list[tuple[int, str]],
                     int(np.percentile(lengths, 50)), int(np.percentile(lengths, 95)), int(lengths.max()),
                     None if packed_lengths is None else len(packed_lengths),
                     None if packed_lengths is None else round(packing_efficiency(packed_lengths, capacity), 4),
-                    first)
+                    first, len(control), ex.where[control[0]] if control else None)
 
 
 def pad_id(tokenizer) -> int:
@@ -353,7 +372,8 @@ def build_sft_inputs(ex: Examples, tokenizer, cfg, train: bool, log=print):
     pairs = [(e.input_ids, e.labels) for e in kept]
     packing = train and d.packing
     rows = packed_rows(pairs, d.max_length) if packing else single_rows(pairs)
-    stats = sft_stats(ex, kept, skips, [len(r["input_ids"]) for r in rows] if packing else None, d.max_length)
+    stats = sft_stats(ex, kept, skips, [len(r["input_ids"]) for r in rows] if packing else None, d.max_length,
+                      control_text_rows(ex, tokenizer))
     references = [None if ex.labels is None else ex.labels[e.source] for e in kept]
     dataset = SFTRows(rows, kept, references, stats)
     for line in stats.lines("train" if train else "val", d.max_length):
