@@ -27,6 +27,9 @@ class TaskConfig(_Section):
     # token tasks: divide each batch's summed token loss by the train set's mean labelled tokens per batch, so every
     # token weighs the same however length-grouped batching mixes sentences ("batch": this batch's count, as HF)
     token_loss_norm: Literal["dataset", "batch"] = "dataset"
+    # --- sft (generative instruction tuning) ---
+    # completion: loss on the assistant turns only (each with its end-of-turn token); all: every token
+    train_on: Literal["completion", "all"] = "completion"
 
     @field_validator("threshold")
     @classmethod
@@ -99,6 +102,22 @@ class DataConfig(_Section):
     imbalance_threshold: float = Field(3.0, ge=1.0)
     labels: Optional[list[str]] = None  # the full label set, when train may lack some classes
     allow_empty_classes: bool = False  # a class with no training example is fatal unless allowed
+    # --- sft (generative instruction tuning; data/chat.py, data/sft.py) ---
+    # row format; auto: detected per file from its keys (messages, conversations, prompt+completion,
+    # instruction+output, text)
+    format: Literal["auto", "alpaca", "chat", "sharegpt", "prompt_completion", "text"] = "auto"
+    replace: dict[str, str] = Field(default_factory=dict)  # {{name}} placeholders in the data → these values
+    packing: bool = False  # train rows: several examples per max_length row, attention kept within each
+    # None: the tokenizer's own chat template; or a named one (chatml, llama3, zephyr, plain) or a Jinja string
+    chat_template: Optional[str] = None
+
+    @field_validator("replace")
+    @classmethod
+    def _placeholder_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not re.fullmatch(r"[A-Za-z_]\w*", k)]
+        if bad:
+            raise ValueError(f"placeholder names must be identifiers (letters, digits, _), got {bad[0]!r}")
+        return v
 
 
 class TrainConfig(_Section):
