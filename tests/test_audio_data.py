@@ -157,6 +157,10 @@ def test_resampling_keeps_the_frequency(tmp_path):
     assert abs(np.argmax(spectrum) * 16000 / len(wave) - 1000) <= 1.0
     middle = slice(800, -800)  # away from the edges: within 1e-4 of the exact 1 kHz sine at 16 kHz
     assert np.abs(wave[middle] - sine(1000, 16000, 1.0)[middle]).max() < 1e-4
+    # a 9 kHz tone is above the new Nyquist frequency (8 kHz): the anti-aliasing filter must remove it
+    path = write_wav(tmp_path / "high.wav", sine(9000, 44100, 1.0), 44100, "FLOAT")
+    alias = decode_audio(path, 16000, 30)[1000:-1000]
+    assert 20 * np.log10(np.sqrt(np.square(alias).mean()) / np.sqrt(0.125)) < -40  # torchaudio's default: -17 dB
 
 
 def test_mono_downmix_and_trimming(tmp_path):
@@ -267,7 +271,10 @@ def test_torchaudio_features_and_cnn_image():
     f = natural([sine(440, 16000, 0.5)])[0]
     assert f.shape == (80, 8000 // 160 + 1) and f.max() - f.min() <= 80.0 + 1e-3
     fixed = log_mel(None, cfg(max_seconds=2.0).data, fixed_length=True)
-    assert fixed([sine(440, 16000, 0.5)])[0].shape == (80, 200)
+    clip = sine(440, 16000, 0.5) * np.linspace(0, 1, 8000, dtype=np.float32)
+    padded = np.concatenate([clip, np.zeros(32000 - 8000, np.float32)])
+    reference = fixed.to_db(fixed.mel(torch.from_numpy(padded))).numpy()[:, :200]  # the whole 2-s window
+    assert fixed([clip])[0].shape == (80, 200) and np.abs(fixed([clip])[0] - reference).max() < 1e-4
     img = spectrogram_image(torch.from_numpy(f), 64, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     assert img.shape == (3, 64, 64)
     assert img[0].min() == pytest.approx(-0.485 / 0.229, abs=1e-3)  # the clip's floor → pixel 0, normalised
