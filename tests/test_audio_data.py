@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
+
+sf = pytest.importorskip("soundfile", reason="audio extra not installed (pip install '.[audio]')")
+pytest.importorskip("torchaudio", reason="audio extra not installed (pip install '.[audio]')")
 
 from tuneforge.config import load_config
 from tuneforge.data.audio import AudioCache, align_outputs, audio_report, decode_audio, describe_audio, read_clip

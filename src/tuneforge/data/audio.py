@@ -15,6 +15,7 @@ Contract:
 """
 from __future__ import annotations
 
+import importlib
 import math
 import re
 import threading
@@ -28,7 +29,7 @@ import torch
 
 from tuneforge.data.examples import Examples
 from tuneforge.data.report import _percentiles
-from tuneforge.errors import DataError
+from tuneforge.errors import ConfigError, DataError
 
 AudioRef = Union[str, np.ndarray, tuple]  # a file path, samples at the target rate, or (samples, sample_rate)
 CLIP_LEVEL = 0.999  # |x| at or above this counts as clipped (full scale is 1.0)
@@ -54,6 +55,15 @@ class ClipInfo:
     truncated: bool  # longer than max_seconds
 
 
+def audio_library(name: str):
+    """soundfile / torchaudio, or a one-line error saying how to install them."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ConfigError(f"audio data needs the '{name.split('.')[0]}' package; "
+                          "pip install 'tuneforge[audio]'") from None
+
+
 def _bad(path, reason: str, fix: str = "replace or remove the file") -> DataError:
     return DataError(f"{path}: {reason}; {fix}, or set data.on_bad_sample: skip")
 
@@ -61,8 +71,7 @@ def _bad(path, reason: str, fix: str = "replace or remove the file") -> DataErro
 def resample(wave: np.ndarray, orig: int, new: int) -> np.ndarray:
     if orig == new:
         return wave
-    from torchaudio.transforms import Resample  # torchaudio only when audio is used
-
+    Resample = audio_library("torchaudio.transforms").Resample  # imported only when audio is used
     with _resamplers_lock:  # the filter kernel is built once per rate pair
         op = _resamplers.get((orig, new))
         if op is None:
@@ -81,8 +90,7 @@ def _wav_shortfall(sound) -> Optional[str]:
 
 def _read_file(path: str, max_seconds: float) -> tuple[np.ndarray, int, int]:
     """→ ([frames, channels] float32 up to max_seconds, sample rate, frames in the whole file)."""
-    import soundfile as sf
-
+    sf = audio_library("soundfile")
     try:
         with sf.SoundFile(path) as sound:
             short = _wav_shortfall(sound)
@@ -108,7 +116,7 @@ def read_clip(path: str, sample_rate: int, max_seconds: float,
         raise _bad(path, "contains NaN or infinite samples")
     magnitude = np.abs(data)
     info = ClipInfo(rate, data.shape[1], total / rate, int(data.size), int((magnitude >= CLIP_LEVEL).sum()),
-                    float(magnitude.max()), total > len(data))
+                    float(magnitude.max()), total / rate > max_seconds)
     return _finish(data.mean(axis=1), rate, sample_rate, max_seconds), info
 
 

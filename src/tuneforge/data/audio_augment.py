@@ -16,7 +16,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from tuneforge.errors import ConfigError
+from tuneforge.data.audio import audio_library, read_clip
+from tuneforge.data.audio_readers import list_audio_files
+from tuneforge.errors import ConfigError, DataError
 
 
 @contextlib.contextmanager
@@ -58,11 +60,10 @@ class AudioAugment:
         self.changes_waveform = changes_waveform(aug)
         self.masks: list[torch.nn.Module] = []
         if masks_features(aug):
-            from torchaudio.transforms import FrequencyMasking, TimeMasking
-
+            transforms = audio_library("torchaudio.transforms")
             s = aug.spec_augment
-            freq = [FrequencyMasking(s.freq_width)] * s.freq_masks if s.freq_width else []
-            time = [TimeMasking(s.time_width)] * s.time_masks if s.time_width else []
+            freq = [transforms.FrequencyMasking(s.freq_width)] * s.freq_masks if s.freq_width else []
+            time = [transforms.TimeMasking(s.time_width)] * s.time_masks if s.time_width else []
             self.masks = freq + time  # the same stateless module applied `count` times
 
     def wave(self, wave: np.ndarray, generator: Optional[torch.Generator] = None) -> np.ndarray:
@@ -86,8 +87,7 @@ class AudioAugment:
         return x[min(-samples, len(x) - 1):]
 
     def _noise(self, x: torch.Tensor) -> torch.Tensor:
-        from torchaudio.functional import add_noise
-
+        add_noise = audio_library("torchaudio.functional").add_noise
         snr = self.aug.noise_snr_db
         snr = _uniform(*snr) if isinstance(snr, tuple) else float(snr)
         if self.noise_clips:
@@ -118,10 +118,6 @@ class AudioAugment:
 def load_noise_clips(folder: str, sample_rate: int, max_seconds: float, base: Optional[str] = None,
                      log=print) -> list[np.ndarray]:
     """Every readable, non-silent clip in data.augment.noise_dir (relative paths from data.dir)."""
-    from tuneforge.data.audio import read_clip
-    from tuneforge.data.audio_readers import list_audio_files
-    from tuneforge.errors import DataError
-
     root = Path(folder).expanduser()
     root = root if root.is_absolute() or base is None else Path(base).expanduser() / root
     if not root.is_dir():

@@ -31,7 +31,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from tuneforge.data.audio import RESAMPLER, AudioCache, AudioRef
+from tuneforge.data.audio import RESAMPLER, AudioCache, AudioRef, audio_library
 from tuneforge.errors import ConfigError, ModelError
 
 BATCH = 32  # clips per feature-extractor call
@@ -140,12 +140,11 @@ class TorchLogMel(FeatureMaker):
 
     def __init__(self, sample_rate: int = 16000, n_mels: int = 80, n_fft: int = 400, hop_length: int = 160,
                  n_frames: Optional[int] = None, top_db: float = 80.0):
-        from torchaudio.transforms import AmplitudeToDB, MelSpectrogram
-
+        transforms = audio_library("torchaudio.transforms")
         self.sample_rate, self.n_mels, self.n_fft, self.hop_length = sample_rate, n_mels, n_fft, hop_length
         self.n_frames, self.top_db = n_frames, top_db
-        self.mel = MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, power=2.0)
-        self.to_db = AmplitudeToDB("power", top_db=top_db)
+        self.mel = transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, power=2.0)
+        self.to_db = transforms.AmplitudeToDB("power", top_db=top_db)
 
     def short(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
         """With n_frames, each clip is zero-padded only a few frames past its end: later frames would be pure

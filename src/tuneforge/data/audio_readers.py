@@ -6,15 +6,23 @@ Three layouts, each giving Examples whose inputs are absolute file paths (nothin
   (`audio`) or `data.text_column` (default `text`, `audio_text`); paths are relative to the table's folder;
 - a folder of files labelled by their names: `data.label_from: {regex: "^(\\d)_"}` (the first group of a
   `re.search` in the file name is the label; every file under the folder, at any depth, is read).
-With `label_from` set, a table needs no label column either: the regex labels its files.
+With `label_from` set, the regex labels a table's files too (it wins over a label column, which may be absent).
 
 Splits are found as for images (`read_split` sees `folders = True`): `data.dir` with `train/` and `val/`
 (`dev/`, `valid/`, ...) folders, or `train.csv` / `val.csv`, or `data.dir` itself as the train pool (val then split
 off, stratified). A layout whose split is encoded in file names, such as FSDD (`{digit}_{speaker}_{index}.wav`, test =
 index 0-4), is split with two small tables, `train.csv` and `val.csv` with a `path` column, and
 `label_from` for the labels: a list of files is the one split description that fits every dataset, can be
-reviewed and versioned, and needs no second regex language with match rules. Hidden files and folders (names
-starting with '.', e.g. macOS `._x.wav`) are skipped. Only suffixes that soundfile (libsndfile) decodes are listed.
+reviewed and versioned, and needs no second regex language with match rules. For FSDD, in `data.dir`:
+
+    files = sorted(Path("recordings").glob("*.wav"))
+    is_val = lambda f: int(f.stem.split("_")[2]) < 5  # {digit}_{speaker}_{index}: index 0-4 is the test part
+    Path("train.csv").write_text("path\n" + "".join(f"{f}\n" for f in files if not is_val(f)))
+    Path("val.csv").write_text("path\n" + "".join(f"{f}\n" for f in files if is_val(f)))
+
+(data.train = the folder and data.val = a table would train on the val files too; the data report's
+val_in_train count, a content hash, would show it.) Hidden files and folders (names starting with '.', e.g. macOS
+`._x.wav`) are skipped. Only suffixes that soundfile (libsndfile) decodes are listed.
 """
 from __future__ import annotations
 
