@@ -378,7 +378,7 @@ def test_build_audio_inputs_classification_and_asr(tmp_path, whisper_fe):
     assert built.lengths == [3200 // 160 + 1, 6400 // 160 + 1, 9600 // 160 + 1]
     batch = built.collate([built.dataset[i] for i in range(3)])
     assert batch["input_features"].shape == (3, 80, 61) and batch["labels"].tolist() == [0, 1, 0]
-    assert batch["attention_mask"].sum(1).tolist() == built.lengths
+    assert batch["attention_mask"].sum(1).tolist() == built.lengths and built.skipped == 0
     built = build_audio_inputs(sel.examples, log_mel(whisper_fe, c.data, trim=True), c, True, cache,
                                [[50258, 7, 8], [50258, 9], [50258]], token_labels=True, log=quiet)
     batch = AudioCollate()([built.dataset[i] for i in range(3)])
