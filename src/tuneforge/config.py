@@ -52,6 +52,28 @@ class ModelConfig(_Section):
     dropout: Optional[float] = Field(None, ge=0.0, lt=1.0)
 
 
+class SpecAugmentConfig(_Section):
+    time_masks: int = Field(2, ge=0)  # masks per clip
+    time_width: int = Field(20, ge=0)  # widest mask, in frames (10 ms each for Whisper)
+    freq_masks: int = Field(2, ge=0)
+    freq_width: int = Field(10, ge=0)  # widest mask, in mel bins
+
+
+class LabelFromConfig(_Section):
+    regex: str  # searched in each file name; its first group is the label, e.g. "^(\\d)_" for FSDD
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles_with_group(cls, v: str) -> str:
+        try:
+            groups = re.compile(v).groups
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression ({e})") from None
+        if groups < 1:
+            raise ValueError("needs a group around the label, e.g. '^(\\d)_'")
+        return v
+
+
 class AugmentConfig(_Section):
     enabled: bool = True  # false: train images get the deterministic eval transform (enables the feature cache)
     crop_scale: tuple[float, float] = (0.08, 1.0)
@@ -61,6 +83,21 @@ class AugmentConfig(_Section):
     mixup: float = Field(0.0, ge=0.0)  # Beta(alpha, alpha); 0 = off
     cutmix: float = Field(0.0, ge=0.0)
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)  # probability
+    # ---- audio (data/audio_augment.py): train only, every one off by default; `enabled: false` turns all off
+    spec_augment: Optional[SpecAugmentConfig] = None  # time / frequency masks on the log-mel features
+    time_shift_ms: float = Field(0.0, ge=0.0)  # delay (leading silence) or advance by up to this many ms
+    gain_db: float = Field(0.0, ge=0.0)  # random gain in [-gain_db, +gain_db]
+    # additive noise at this SNR (a number, or [low, high] drawn uniformly); None = off
+    noise_snr_db: Union[float, tuple[float, float], None] = None
+    noise_prob: float = Field(0.5, ge=0.0, le=1.0)  # share of train clips that get noise
+    noise_dir: Optional[str] = None  # noise clips (any audio soundfile reads); None = white noise
+
+    @field_validator("noise_snr_db")
+    @classmethod
+    def _snr_range(cls, v: Any) -> Any:
+        if isinstance(v, tuple) and v[0] > v[1]:
+            raise ValueError("give [low, high] with low <= high")
+        return v
 
 
 class LoraConfig(_Section):
@@ -102,6 +139,13 @@ class DataConfig(_Section):
     imbalance_threshold: float = Field(3.0, ge=1.0)
     labels: Optional[list[str]] = None  # the full label set, when train may lack some classes
     allow_empty_classes: bool = False  # a class with no training example is fatal unless allowed
+    # ---- audio (data/audio.py): soundfile decoding, mono, resampled; augmentation keys are under data.augment
+    audio_column: str = "path"  # the file column of an audio table (paths relative to the table's folder)
+    label_from: Optional[LabelFromConfig] = None  # labels from file names instead of class folders / a column
+    sample_rate: Optional[int] = Field(None, gt=0)  # None: the model's (16 kHz for Whisper)
+    max_seconds: float = Field(30.0, gt=0.0)  # longer clips are truncated (counted in data_report.json)
+    min_seconds: float = Field(0.0, ge=0.0)  # shorter clips are bad samples (error, or skip)
+    cache_audio_mb: int = Field(2048, ge=0)  # decoded-waveform cache bound; 0 = decode every time
     # --- sft (generative instruction tuning; data/chat.py, data/sft.py) ---
     # row format; auto: detected per file from its keys (messages, conversations, prompt+completion,
     # instruction+output, text)

@@ -117,7 +117,11 @@ def read_split(dcfg, modality: str, split: str, log=print, reader: Optional[str]
     read = FILE_READERS.get(reader or modality)
     # a reader for a special format says which file names it reads (CoNLL: train.txt, valid.txt, ...)
     suffixes = getattr(read, "suffixes", None) or ((".csv",) if is_image else TABLE_SUFFIXES)
-    path = split_path(dcfg, split, folders=is_image, suffixes=suffixes)
+    folders = getattr(read, "folders", is_image)  # split folders (train/, val/) as well as split files
+    path = split_path(dcfg, split, folders=folders, suffixes=suffixes)
     if path is None:
         return None
     return read(path, dcfg, log)
+
+
+from tuneforge.data import audio_readers  # noqa: E402,F401  registers the "audio" and "audio_text" readers
