@@ -5,8 +5,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from tuneforge.config import validate
 from tuneforge.data.examples import Examples
 from tuneforge.data.images import IMAGE_SUFFIXES
@@ -50,18 +48,11 @@ class Predictor:
         ex = FILE_READERS.get(self.task.file_reader or self.modality)(path, self.cfg.data, self.log)
         return evaluate(self.bundle, self.task, self._loader(ex), self.accelerator)
 
-    @torch.no_grad()
-    def predict(self, inputs: list, top_k: Optional[int] = None) -> list[dict]:
+    def predict(self, inputs: list, top_k: Optional[int] = None, **options) -> list[dict]:
+        """One output per input, in input order (`options`: task-specific, e.g. generation settings)."""
         ex = Examples(list(inputs), None, [f"input #{i + 1}" for i in range(len(inputs))])
-        loader = self._loader(ex)
-        order = [i for batch in loader.batch_sampler.batches() for i in batch]
-
-        def batches():
-            for batch in loader:
-                logits, batch = forward(self.task, self.bundle, batch, self.accelerator)
-                yield logits.float(), batch
-
-        return self.task.decode_batches(ex, batches(), order, top_k)  # also undoes the length-sorted batching
+        run = lambda batch: forward(self.task, self.bundle, batch, self.accelerator)  # noqa: E731
+        return self.task.predict(self.bundle, self._loader(ex), ex, run, top_k, **options)
 
     def read_inputs(self, path: str | Path) -> list:
         """Inputs for predict: a folder of images, a table (its text / image column), or a .txt (one per line)."""

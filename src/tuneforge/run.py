@@ -172,6 +172,7 @@ def prepare(cfg: Config, log) -> Setup:
     bundle = create_model(cfg.model, task.head_spec(), log=log)
     built = {split: task.build(ex, bundle, split) for split, ex in
              (("train", train_ex), ("val", val_ex), ("test", test_ex)) if ex is not None}
+    task.add_to_report(report, log)
     log(f"data: {len(built['train'].dataset)} train / {len(built['val'].dataset)} val examples; "
         f"labels: {', '.join(task.labels[:12])}{' ...' if len(task.labels) > 12 else ''}")
     seed_everything(cfg.train.seed)  # model init above consumed RNG differently per source
@@ -225,6 +226,7 @@ def record_start(setup: Setup, folder: RunFolder, log) -> None:
 
 def prepare_training(setup: Setup, folder: RunFolder, log) -> Training:
     cfg, tc, accelerator = setup.cfg, setup.cfg.train, setup.accelerator
+    setup.task.before_training(setup.bundle, folder.path, resumed=not folder.created, log=log)
     lr = tc.lr
     if lr == "auto":
         from tuneforge.engine.lr_find import lr_range_test
@@ -254,7 +256,7 @@ def build_phase(setup: Setup, training: Training, phase: Phase, index: int, stat
     cfg, tc, bundle, accelerator = setup.cfg, setup.cfg.train, setup.bundle, setup.accelerator
     ptc = phase.train_config(tc)
     phase.apply(bundle, tc, log)
-    head = feature_cache_usable(cfg, bundle, phase)
+    head = feature_cache_usable(cfg, setup.task, bundle, phase)
     run_bundle, train_loader, val_loader = bundle, setup.train_loader, setup.val_loader
     if head:
         run_bundle, train_loader, val_loader = cached_loaders(cfg, setup.task, bundle, head, setup, accelerator, log)
@@ -318,6 +320,7 @@ def finish(setup: Setup, training: Training, state: LoopState, log) -> tuple[dic
             loader = make_loader(setup.test_built, cfg.eval_batch_size, False, cfg.train.seed, cfg.data.num_workers)
             test = evaluate(bundle, task, loader, accelerator)
             log("test: " + " ".join(f"{k} {v:.4f}" for k, v in scalars(test).items() if k != "samples"))
+    task.after_training(bundle, run_dir, log)
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".model.", suffix=".tmp"))  # model/ appears whole or not at all
     save_model(bundle, tmp, {"task_state": task.state(), "precision": setup.precision,
                              "config": cfg.model_dump(mode="json")})

@@ -106,14 +106,12 @@ def feature_built(features: np.ndarray, built: Built) -> Built:
                  built.sample_weights)
 
 
-def feature_cache_usable(cfg, bundle, phase) -> Optional[str]:
+def feature_cache_usable(cfg, task, bundle, phase) -> Optional[str]:
     """The head module name when cached features reproduce this phase exactly, else None."""
     if not (phase.frozen_backbone and cfg.train.feature_cache and bundle.head.kind == "sequence"):
         return None
-    if bundle.modality == "image" and cfg.data.augment.enabled:
-        return None  # random crops change the features every epoch
-    if cfg.train.lora is not None:
-        return None
+    if task.train_inputs_vary(bundle) or cfg.train.lora is not None:
+        return None  # e.g. random crops change the features every epoch
     return head_module_name(bundle)
 
 

@@ -102,6 +102,14 @@ class Task:
         """Examples per class in train (None: the task has no classes)."""
         return None
 
+    def add_to_report(self, report: dict, log) -> None:
+        """After the splits are built: add task-specific sections to data_report.json (e.g. audio durations, token
+        counts) and log a line for each."""
+
+    def train_inputs_vary(self, bundle: ModelBundle) -> bool:
+        """True when train inputs are random per epoch (augmentation): backbone features can then not be cached."""
+        return False
+
     def choose_imbalance(self, report: dict) -> str:
         """Pick the imbalance remedy (data.imbalance); tasks with classes override this."""
         mode = self.cfg.data.imbalance
@@ -140,11 +148,31 @@ class Task:
         """Called once the kept model's validation is done: freeze what was tuned on validation
         (e.g. multilabel thresholds) so later evaluations (test, `tuneforge eval`) reuse it."""
 
+    def before_training(self, bundle: ModelBundle, run_dir, resumed: bool, log) -> None:
+        """The run folder is open and nothing has trained yet (e.g. record the base model's generations)."""
+
+    def after_training(self, bundle: ModelBundle, run_dir, log) -> None:
+        """The kept model is loaded and evaluated, not yet saved (e.g. write generations.jsonl)."""
+
     def metric_mode(self, metric: str) -> str:
         mode = self.cfg.eval.mode
         return mode if mode != "auto" else ("min" if metric in self.minimize else "max")
 
     # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict(self, bundle: ModelBundle, loader, ex: Examples, forward: Callable, top_k: Optional[int] = None,
+                **options) -> list[dict]:
+        """One output per input. `forward(batch) -> (outputs, batch on the device)` runs the model exactly as
+        evaluation does; tasks that generate (ASR, SFT) override this and read their `options`."""
+        order = [i for batch in loader.batch_sampler.batches() for i in batch]
+
+        def batches():
+            for batch in loader:
+                outputs, batch = forward(batch)
+                yield outputs.float(), batch
+
+        return self.decode_batches(ex, batches(), order, top_k)  # also undoes the length-sorted batching
+
     def decode(self, logits: torch.Tensor, top_k: Optional[int]) -> list[dict]:
         raise NotImplementedError
 

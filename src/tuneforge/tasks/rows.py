@@ -75,6 +75,9 @@ class RowTask(Task):
                                     self.cfg.data.cache_images_mb)
         return self.cache.prepare(ex, self.cfg.data.on_bad_sample, self.log)
 
+    def train_inputs_vary(self, bundle: ModelBundle) -> bool:
+        return bundle.modality == "image" and self.cfg.data.augment.enabled  # random crops every epoch
+
     def sample_weights(self, labels: list) -> Optional[list[float]]:
         """Per-example draw weights for the train sampler (class-balanced resampling); None: uniform."""
         return None
