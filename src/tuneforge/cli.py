@@ -114,6 +114,8 @@ def _cmd_eval(a) -> None:
 
 
 def _cmd_predict(a) -> None:
+    if a.top_k is not None and a.top_k < 1:
+        raise TuneforgeError(f"--top-k must be at least 1 (got {a.top_k})")
     pred = _predictor(a)
     if a.text:
         if pred.modality != "text":
@@ -129,15 +131,21 @@ def _cmd_predict(a) -> None:
         raise TuneforgeError("no inputs to predict")
     with _oom_hint(pred):
         outputs = pred.predict(inputs, a.top_k)
+    if len(outputs) != len(inputs):  # one line per input, always: anything else is a bug
+        raise RuntimeError(f"predict returned {len(outputs)} outputs for {len(inputs)} inputs")
     lines = [json.dumps({"input": list(x) if isinstance(x, tuple) else x, **y}, ensure_ascii=False) + "\n"
              for x, y in zip(inputs, outputs)]
     if not a.output:
         sys.stdout.write("".join(lines))
-        return
-    try:
-        Path(a.output).write_text("".join(lines), encoding="utf-8")
-    except OSError as e:
-        raise TuneforgeError(f"--output '{a.output}' cannot be written ({e.strerror})") from None
+    else:
+        try:
+            Path(a.output).write_text("".join(lines), encoding="utf-8")
+        except OSError as e:
+            raise TuneforgeError(f"--output '{a.output}' cannot be written ({e.strerror})") from None
+    failed = sum("error" in y for y in outputs)
+    if failed:
+        raise TuneforgeError(f"{failed} of {len(inputs)} input(s) could not be predicted (their lines have an "
+                             "\"error\" field); fix or remove them")
 
 
 def _cmd_install_model(a) -> None:

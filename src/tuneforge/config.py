@@ -112,6 +112,9 @@ class DataConfig(_Section):
     source: Optional[str] = None  # built-in source, e.g. sklearn-digits
     train: Optional[str] = None  # file or folder; relative paths are taken from data.dir
     val: Optional[str] = None
+    # a labelled split evaluated once with the kept model: None = a test.* file under data.dir if it has labels
+    # (an unlabelled one, e.g. GLUE's test.tsv, is skipped with a log line); false = none; or a path
+    test: Union[str, Literal[False], None] = None
     text_column: Optional[str] = None  # None: guess (sentence, text, ...)
     text_pair_column: Optional[str] = None
     pair_swap: bool = False  # order-free pairs (similarity, paraphrase): also train on (second, first)
@@ -177,6 +180,14 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.01, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only
     betas: tuple[float, float] = (0.9, 0.999)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("each beta must be in [0, 1), e.g. [0.9, 0.999]")
+        return v
+
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     head_lr: Optional[float] = Field(None, gt=0.0)  # LR for the new head; None = train.lr
     layer_decay: Optional[float] = Field(None, gt=0.0, le=1.0)  # layer-wise LR decay: lr × decay^(depth from top)
@@ -202,7 +213,7 @@ class TrainConfig(_Section):
     grad_accum: int = Field(1, gt=0)
     grad_clip: Optional[float] = Field(1.0, gt=0.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     threads: Optional[int] = Field(None, gt=0)  # torch intra-op threads; None = all cores
     # non-finite loss / gradients: stop with an error, skip the update, or reload the last checkpoint at a lower LR
     nan_policy: Literal["stop", "skip", "rollback"] = "stop"

@@ -17,3 +17,7 @@ class DataError(TuneforgeError):
 
 class ModelError(TuneforgeError):
     pass
+
+
+class MissingLabelsError(DataError):
+    """A data file without the label column (e.g. an unlabelled GLUE test.tsv)."""

@@ -7,7 +7,7 @@ from typing import Optional
 
 from tuneforge.config import validate
 from tuneforge.data.examples import Examples
-from tuneforge.data.images import IMAGE_SUFFIXES
+from tuneforge.data.images import image_files
 from tuneforge.data.sources import FILE_READERS
 from tuneforge.engine.device import make_accelerator
 from tuneforge.engine.loop import evaluate, forward, make_loader
@@ -37,22 +37,25 @@ class Predictor:
     def modality(self) -> str:
         return self.bundle.modality
 
-    def _loader(self, ex: Examples):
-        built = self.task.build(ex, self.bundle, "predict")
-        return make_loader(built, self.batch_size, False, self.cfg.train.seed)
+    def _loader(self, ex: Examples, split: str):
+        built = self.task.build(ex, self.bundle, split)
+        return make_loader(built, self.batch_size, False, self.cfg.train.seed), built
 
     def evaluate(self, data_path: str | Path) -> dict:
         path = Path(data_path).expanduser()
         if not path.exists():
             raise DataError(f"--data '{path}' does not exist")
         ex = FILE_READERS.get(self.task.file_reader or self.modality)(path, self.cfg.data, self.log)
-        return evaluate(self.bundle, self.task, self._loader(ex), self.accelerator)
+        return evaluate(self.bundle, self.task, self._loader(ex, "test")[0], self.accelerator)
 
     def predict(self, inputs: list, top_k: Optional[int] = None, **options) -> list[dict]:
         """One output per input, in input order (`options`: task-specific, e.g. generation settings)."""
         ex = Examples(list(inputs), None, [f"input #{i + 1}" for i in range(len(inputs))])
+        loader, built = self._loader(ex, "predict")
         run = lambda batch: forward(self.task, self.bundle, batch, self.accelerator)  # noqa: E731
-        return self.task.predict(self.bundle, self._loader(ex), ex, run, top_k, **options)
+        outputs = iter(self.task.predict(self.bundle, loader, ex, run, top_k, **options))
+        # inputs without a row (unreadable) get an error line in their place
+        return [{"error": built.dropped[i]} if i in built.dropped else next(outputs) for i in range(len(inputs))]
 
     def read_inputs(self, path: str | Path) -> list:
         """Inputs for predict: a folder of images, a table (its text / image column), or a .txt (one per line)."""
@@ -60,8 +63,8 @@ class Predictor:
         if not p.exists():
             raise DataError(f"--input '{p}' does not exist")
         if self.modality == "image" and p.is_dir():
-            return [str(f) for f in sorted(p.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
-        if p.suffix.lower() == ".txt":
+            return [str(f) for f in image_files(p)]
+        if p.suffix.lower() == ".txt" and not (self.task.file_reader == "conll" and _looks_like_conll(p)):
             lines = [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines()]
             items = [line for line in lines if line.strip()]
             if self.modality == "image":
@@ -69,3 +72,13 @@ class Predictor:
             return items
         return FILE_READERS.get(self.task.file_reader or self.modality)(p, self.cfg.data, self.log,
                                                                         need_label=False).inputs
+
+
+def _looks_like_conll(path: Path) -> bool:
+    """A CoNLL .txt separates sentences with blank lines (or -DOCSTART-); one text per line has neither."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    body = [line for line in lines if line.strip()]
+    return len(body) < len(lines) or any(line.startswith("-DOCSTART-") for line in body)

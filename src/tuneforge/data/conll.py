@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tuneforge.data.examples import Examples
 from tuneforge.data.sources import FILE_READERS
-from tuneforge.data.tables import _utf8_error
-from tuneforge.errors import DataError
+from tuneforge.data.tables import _utf8_error, check_text
+from tuneforge.errors import DataError, MissingLabelsError
 
 CONLL_SUFFIXES = (".txt", ".conll", ".iob", ".bio", ".tsv")
 JSON_SUFFIXES = (".jsonl", ".json")
@@ -29,7 +29,7 @@ def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"data file '{path}' does not exist")
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
         raise _utf8_error(path, e) from None
 
@@ -58,7 +58,7 @@ def read_conll(path: Path, need_label: bool = True) -> Examples:
         if n_cols is None:
             n_cols = len(cols)
             if need_label and n_cols < 2:
-                raise DataError(f"{path} line {n}: one column ('{raw.strip()}'); a CoNLL training file needs "
+                raise MissingLabelsError(f"{path} line {n}: one column ('{raw.strip()}'); a CoNLL training file needs "
                                 "the token first and the tag last, separated by a space or tab")
         elif len(cols) != n_cols:
             raise DataError(f"{path} line {n}: {len(cols)} columns, but the file's first token line has {n_cols}; "
@@ -76,6 +76,10 @@ def read_conll(path: Path, need_label: bool = True) -> Examples:
 def _string_list(value, path: Path, n: int, key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise DataError(f"{path} line {n}: '{key}' must be a JSON list of strings")
+    for v in value:
+        problem = check_text(v, f"{path} line {n}", key)
+        if problem:
+            raise DataError(problem)
     return value
 
 

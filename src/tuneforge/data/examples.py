@@ -13,6 +13,9 @@ class Examples:
     labels: Optional[list[Any]]  # raw label values as read; None at predict time
     where: list[str]  # "file line N" for each example, for error messages
     skipped: list[str] = field(default_factory=list)  # messages for rows dropped by data.on_bad_sample: skip
+    # predict: input index -> why it was dropped (the remaining inputs keep their order)
+    dropped: dict[int, str] = field(default_factory=dict)
+    columns: dict[str, str] = field(default_factory=dict)  # role (text, pair, label) -> the column it was read from
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -20,7 +23,7 @@ class Examples:
     def subset(self, idx) -> "Examples":
         idx = list(idx)
         return Examples([self.inputs[i] for i in idx], None if self.labels is None else [self.labels[i] for i in idx],
-                        [self.where[i] for i in idx], list(self.skipped))
+                        [self.where[i] for i in idx], list(self.skipped), columns=dict(self.columns))
 
 
 def sample(ex: Examples, n: Optional[int], seed: int) -> Examples:

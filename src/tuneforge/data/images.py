@@ -1,7 +1,9 @@
 """Images: listing (ImageFolder tree or CSV), decode-once cache at about training resolution, transforms."""
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Union
@@ -12,7 +14,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from tuneforge.data.examples import Examples
-from tuneforge.errors import DataError
+from tuneforge.errors import DataError, MissingLabelsError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a half-grey picture
@@ -20,17 +22,23 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a h
 ImageRef = Union[str, np.ndarray]  # a file path, or pixels already in memory (HWC uint8 RGB)
 
 
+def image_files(folder: Path) -> list[Path]:
+    """Image files under a folder, sorted; hidden files (e.g. macOS `._x.jpg`) are not images."""
+    return [f for f in sorted(folder.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            and not any(part.startswith(".") for part in f.relative_to(folder).parts)]
+
+
 def list_image_folder(root: Path) -> Examples:
     """torchvision ImageFolder layout: root/<class>/<image>."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DataError(f"image folder '{root}' has no class sub-folders; expected {root}/<class>/<image files>")
+        error = MissingLabelsError if image_files(root) else DataError  # images, but no class folders
+        raise error(f"image folder '{root}' has no class sub-folders; expected {root}/<class>/<image files>")
     images, labels = [], []
     for c in classes:
-        for f in sorted((root / c).rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
-                images.append(str(f))
-                labels.append(c)
+        for f in image_files(root / c):
+            images.append(str(f))
+            labels.append(c)
     if not images:
         raise DataError(f"image folder '{root}' holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return Examples(images, labels, list(images))
@@ -89,14 +97,16 @@ class ImageCache:
         with ThreadPoolExecutor(max_workers=max(2, min(8, torch.get_num_threads()))) as pool:
             results = {p: (arr, err) for p, arr, err in pool.map(self._one, paths)}
         keep_images, keep_labels, keep_where, skipped = [], [], [], list(examples.skipped)
+        dropped: dict[int, str] = {}
         labels = examples.labels if examples.labels is not None else [None] * len(examples.inputs)  # predict
-        for img, label, where in zip(examples.inputs, labels, examples.where):
+        for i, (img, label, where) in enumerate(zip(examples.inputs, labels, examples.where)):
             if isinstance(img, str):
                 arr, err = results[img]
                 if err:
                     if on_bad != "skip":
                         raise DataError(err)
                     skipped.append(err)
+                    dropped[i] = err
                     continue
                 if self.used + arr.nbytes <= self.max_bytes:
                     self.store[img] = arr
@@ -106,7 +116,7 @@ class ImageCache:
             keep_where.append(where)
         if skipped:
             log(f"data: skipped {len(skipped)} unreadable image(s) (data.on_bad_sample: skip)")
-        return Examples(keep_images, None if examples.labels is None else keep_labels, keep_where, skipped)
+        return Examples(keep_images, None if examples.labels is None else keep_labels, keep_where, skipped, dropped)
 
     def get(self, img: ImageRef) -> np.ndarray:
         if isinstance(img, np.ndarray):
@@ -168,6 +178,17 @@ class ImageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def content_digest(self) -> str:
+        """A hash of exactly what the model is fed: each image (file content stamp, or pixels) and the transform."""
+        h = hashlib.sha256(f"rows={len(self)}|{self.transform!r}".encode())
+        for img in self.images:
+            if isinstance(img, np.ndarray):
+                h.update(img.tobytes())
+            else:
+                st = os.stat(img)
+                h.update(f"{img}|{st.st_size}|{st.st_mtime_ns}".encode("utf-8", "surrogatepass"))
+        return h.hexdigest()
 
     def __getitem__(self, i: int) -> dict:
         arr = self.cache.get(self.images[i])

@@ -8,8 +8,8 @@ import pandas as pd
 
 from tuneforge.data.examples import Examples
 from tuneforge.data.images import IMAGE_SUFFIXES, list_image_folder, sklearn_digits
-from tuneforge.data.tables import (SPLIT_NAMES, TABLE_SUFFIXES, find_split_file, guess_text_columns, read_table,
-                                   require_columns)
+from tuneforge.data.tables import (SPLIT_NAMES, TABLE_SUFFIXES, check_text, find_split_file, guess_text_columns,
+                                   read_table, require_columns)
 from tuneforge.errors import DataError
 from tuneforge.registry import Registry
 
@@ -27,7 +27,7 @@ def _digits(dcfg) -> Examples:
 
 def split_path(dcfg, split: str, suffixes=TABLE_SUFFIXES, folders: bool = False) -> Optional[Path]:
     """The file (or folder) for a split: explicit data.train / data.val, else discovered under data.dir."""
-    explicit = {"train": dcfg.train, "val": dcfg.val}.get(split)
+    explicit = {"train": dcfg.train, "val": dcfg.val, "test": dcfg.test or None}.get(split)
     base = Path(dcfg.dir).expanduser() if dcfg.dir else None
     if explicit:
         p = Path(explicit).expanduser()
@@ -58,6 +58,18 @@ def _clean_text(v) -> str:
     return "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
 
 
+def _text_problem(text: str, pair: Optional[str], where: str, text_col: str, pair_col: Optional[str]) -> Optional[str]:
+    for value, col in ((text, text_col), (pair, pair_col)):
+        if value is None:
+            continue
+        if not value.strip():
+            return f"{where}: empty text in column '{col}'; fill it or remove the row, or set data.on_bad_sample: skip"
+        problem = check_text(value, where, col)
+        if problem:
+            return problem
+    return None
+
+
 @FILE_READERS.register("text")
 def read_text_table(path: Path, dcfg, log=print, need_label: bool = True) -> Examples:
     df = read_table(path)
@@ -71,22 +83,21 @@ def read_text_table(path: Path, dcfg, log=print, need_label: bool = True) -> Exa
     labels = df[dcfg.label_column].tolist() if need_label else None
     keep, skipped = [], []
     for i, t in enumerate(texts):
-        empty = not t.strip() or (pairs is not None and not pairs[i].strip())
-        if empty:
-            col = text_col if not t.strip() else pair_col
-            msg = (f"{where[i]}: empty text in column '{col}'; fill it or remove the row, "
-                   "or set data.on_bad_sample: skip")
-            if dcfg.on_bad_sample != "skip":
-                raise DataError(msg)
-            skipped.append(msg)
-        else:
+        msg = _text_problem(t, pairs[i] if pairs is not None else None, where[i], text_col, pair_col)
+        if msg is None:
             keep.append(i)
+            continue
+        if dcfg.on_bad_sample != "skip":
+            raise DataError(msg)
+        skipped.append(msg)
     if skipped:
-        log(f"data: skipped {len(skipped)} row(s) with empty text in {path} (data.on_bad_sample: skip)")
+        log(f"data: skipped {len(skipped)} row(s) with empty or broken text in {path} (data.on_bad_sample: skip)")
     if not keep:
         raise DataError(f"{path}: no usable rows (all {len(texts)} have empty text)")
     inputs = [(texts[i], pairs[i]) if pairs is not None else texts[i] for i in keep]
-    return Examples(inputs, None if labels is None else [labels[i] for i in keep], [where[i] for i in keep], skipped)
+    columns = {"text": text_col, **({"pair": pair_col} if pair_col else {})}
+    return Examples(inputs, None if labels is None else [labels[i] for i in keep], [where[i] for i in keep], skipped,
+                    columns=columns)
 
 
 @FILE_READERS.register("image")

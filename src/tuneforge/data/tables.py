@@ -8,7 +8,7 @@ from typing import Optional
 
 import pandas as pd
 
-from tuneforge.errors import DataError
+from tuneforge.errors import DataError, MissingLabelsError
 
 TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
 SPLIT_NAMES = {"train": ("train",), "val": ("dev", "val", "valid", "validation"), "test": ("test",)}
@@ -36,7 +36,8 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
     """csv module rather than pandas: exact line numbers, and short/long rows are errors, not NaN-filled."""
     # GLUE-style TSVs contain bare `"` characters: quoting off for tabs, standard CSV quoting otherwise.
     quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
-    with path.open(encoding="utf-8", newline="") as f:
+    csv.field_size_limit(2**31 - 1)  # long documents are data, not a quoting mistake
+    with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         reader = csv.reader(f, delimiter=sep, quoting=quoting)
         header = next(reader, None)
         if not header or not any(h.strip() for h in header):
@@ -63,7 +64,7 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
     rows = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -112,8 +113,9 @@ def require_columns(df: pd.DataFrame, path, columns: list[str], key_hint: dict[s
     for col in columns:
         if col not in df.columns:
             key = key_hint.get(col, "")
-            raise DataError(f"{path}: no column '{col}' (columns: {', '.join(map(str, have))}); "
-                            f"set {key} to one of them" if key else f"{path}: no column '{col}'")
+            error = MissingLabelsError if key == "data.label_column" else DataError
+            raise error(f"{path}: no column '{col}' (columns: {', '.join(map(str, have))}); "
+                        f"set {key} to one of them" if key else f"{path}: no column '{col}'")
 
 
 def guess_text_columns(df: pd.DataFrame, text: Optional[str], pair: Optional[str]) -> tuple[str, Optional[str]]:
@@ -128,3 +130,13 @@ def guess_text_columns(df: pd.DataFrame, text: Optional[str], pair: Optional[str
             return name, pair
     raise DataError(f"cannot tell which column holds the text (columns: "
                     f"{', '.join(str(c) for c in df.columns if c != '_line')}); set data.text_column")
+
+
+def check_text(text: str, where: str, column: str) -> Optional[str]:
+    """None when `text` can be tokenized; else why not (a lone UTF-16 surrogate, as in some scraped JSON)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (f"{where}: text in column '{column}' holds an unpaired surrogate character (broken emoji or "
+                "escape such as \\ud83d); fix the row, or set data.on_bad_sample: skip")
+    return None

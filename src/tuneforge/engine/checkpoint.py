@@ -24,6 +24,7 @@ from tuneforge.engine import chaos
 from tuneforge.engine.callbacks import Callback
 from tuneforge.engine.snapshot import TrainingSnapshot, cpu_tensors
 from tuneforge.errors import ModelError
+from tuneforge.utils import atomic_write, atomic_write_text, fsync_dir
 
 STEP_DIR = re.compile(r"step-(\d{8})")
 MODEL_FILE, TRAINER_FILE, META_FILE = "model.safetensors", "trainer.safetensors", "trainer.json"
@@ -31,34 +32,6 @@ MODEL_FILE, TRAINER_FILE, META_FILE = "model.safetensors", "trainer.safetensors"
 
 class CheckpointError(ModelError):
     pass
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write) -> None:
-    """`write(tmp_path)` then fsync and rename over `path` (rename is atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -129,14 +102,14 @@ def write_checkpoint(folder: Path, step: int, model: dict[str, torch.Tensor], te
     try:
         files = {MODEL_FILE: _save_synced(tmp / MODEL_FILE, model, {"step": str(step)}),
                  TRAINER_FILE: _save_synced(tmp / TRAINER_FILE, tensors, {"step": str(step)})}
-        body = json.dumps({**meta, "step": step, "files": files}, indent=1)
+        body = json.dumps({**meta, "step": step, "files": files})
         _write_synced(tmp / META_FILE, body.encode("utf-8"))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         chaos.point("checkpoint_write")
         if final.exists():  # the same step written again (after a rollback): swap, never a gap
             _discard(final)
         os.rename(tmp, final)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -157,7 +130,7 @@ def publish_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         _discard(final)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def list_checkpoints(folder: Path) -> list[Path]:

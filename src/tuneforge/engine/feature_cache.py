@@ -1,12 +1,12 @@
 """Frozen-backbone feature cache: run the backbone once per example, then train only the head on stored features.
 
 Valid only when the backbone is frozen (it runs in eval mode) and the train inputs are deterministic; the
-key is a content hash of the backbone weights, the examples and the preprocessing, so any change misses."""
+key is a content hash of the backbone weights, exactly what is fed and the preprocessing, so any change misses.
+A corrupt or torn entry is deleted and recomputed; entries are fsynced before they are renamed into place."""
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Optional
 
 import numpy as np
@@ -16,24 +16,19 @@ from torch.utils.data import Dataset
 from tuneforge.engine.loop import forward, make_loader
 from tuneforge.engine.trainable import head_module_name
 from tuneforge.tasks.base import Built
-from tuneforge.utils import cache_dir
+from tuneforge.utils import atomic_write, cache_dir
 
 
-def content_key(model: torch.nn.Module, head: str, examples, preprocess: dict) -> str:
+def content_key(model: torch.nn.Module, head: str, built: Built, preprocess: dict) -> str:
+    """The backbone weights (not the head: it is what trains), exactly what the model is fed (the built dataset:
+    token ids after pair_swap, transformed images, row count) and the preprocessing: any change misses."""
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         if name == head or name.startswith(head + "."):
-            continue  # the head is what we train; it does not change the features
+            continue
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    for x in examples.inputs:
-        if isinstance(x, np.ndarray):
-            h.update(x.tobytes())
-        else:
-            h.update(repr(x).encode())
-            if isinstance(x, str) and os.path.isfile(x):
-                st = os.stat(x)
-                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(built.dataset.content_digest().encode())
     h.update(json.dumps(preprocess, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
 
@@ -82,18 +77,40 @@ def compute_features(task, bundle, head: str, built: Built, batch_size: int, acc
     return out
 
 
-def cached_features(task, bundle, head: str, examples, built: Built, preprocess: dict, batch_size: int, accelerator,
+def _load_features(path, rows: int, log) -> Optional[np.ndarray]:
+    """A cached entry (memory-mapped: bounded memory for large sets); a corrupt or torn one is deleted."""
+    if not path.is_file():
+        return None
+    try:
+        feats = np.load(path, mmap_mode="r", allow_pickle=False)
+        if feats.ndim != 2 or len(feats) != rows:
+            raise ValueError(f"shape {feats.shape}, expected {rows} rows")
+        return feats
+    except Exception as e:  # noqa: BLE001  (any unreadable entry: truncated header, wrong size, ...)
+        log(f"feature cache: entry {path.name} is unreadable ({type(e).__name__}); deleted, computing again")
+        path.unlink(missing_ok=True)
+        return None
+
+
+def cached_features(task, bundle, head: str, built: Built, preprocess: dict, batch_size: int, accelerator,
                     log=print) -> np.ndarray:
-    key = content_key(bundle.model, head, examples, preprocess)
+    key = content_key(bundle.model, head, built, preprocess)
     path = cache_dir("features") / f"{key}.npy"
-    if path.is_file():
-        log(f"feature cache: hit {path.name} ({len(examples)} examples)")
-        return np.load(path, mmap_mode="r", allow_pickle=False)  # memmap: bounded memory for large sets
+    feats = _load_features(path, len(built.dataset), log)
+    if feats is not None:
+        log(f"feature cache: hit {path.name} ({len(feats)} examples)")
+        return feats
     feats = compute_features(task, bundle, head, built, batch_size, accelerator)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, feats, allow_pickle=False)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, feats, allow_pickle=False)
+
+    try:
+        atomic_write(path, write)
+    except OSError as e:  # a read-only or full cache: train on the features in memory
+        log(f"feature cache: not stored ({e.strerror}); using the features in memory")
+        return feats
     log(f"feature cache: stored {feats.shape[0]} x {feats.shape[1]} features ({feats.nbytes / 2**20:.1f} MB)")
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
@@ -122,8 +139,8 @@ def cached_loaders(cfg, task, bundle, head: str, setup, accelerator, log):
            "image_cfg": bundle.image_cfg, "augment": False}
     bs = cfg.eval_batch_size
     loaders = []
-    for ex, built, train in ((setup.train_ex, setup.train_built, True), (setup.val_ex, setup.val_built, False)):
-        feats = cached_features(task, bundle, head, ex, built, {**pre, "train": train}, bs, accelerator, log)
+    for built, train in ((setup.train_built, True), (setup.val_built, False)):
+        feats = cached_features(task, bundle, head, built, {**pre, "train": train}, bs, accelerator, log)
         loaders.append(make_loader(feature_built(feats, built), cfg.train.batch_size if train else bs, train,
                                    cfg.train.seed))
     return HeadOnly(bundle, head), loaders[0], loaders[1]

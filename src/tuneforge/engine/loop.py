@@ -20,6 +20,7 @@ from tuneforge.engine.callbacks import CallbackList
 from tuneforge.engine.device import to_device
 from tuneforge.engine.guards import NanGuard, Rollback
 from tuneforge.engine.state import LoopState
+from tuneforge.metrics import scalars
 from tuneforge.tasks.base import Built, Task
 
 
@@ -52,9 +53,10 @@ def make_loader(built: Built, batch_size: int, train: bool, seed: int, num_worke
     lengths = built.lengths if group_by_length else None  # None: plain shuffled batches
     sampler = EpochBatchSampler(len(built.dataset), batch_size, seed, lengths=lengths, shuffle=train,
                                 weights=built.sample_weights if train else None)
+    # its own generator, always: a loader without one draws its base seed from the global RNG, so evaluating or
+    # computing cached features would shift every later dropout mask
     return DataLoader(built.dataset, batch_sampler=sampler, collate_fn=built.collate, num_workers=num_workers,
-                      persistent_workers=num_workers > 0,
-                      generator=torch.Generator().manual_seed(seed) if train else None)
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed) if train else None)
 
 
 MATH_ATTENTION_BELOW = 192  # tokens
@@ -117,7 +119,9 @@ def run_eval(c: Components, state: LoopState) -> dict:
     record = {"step": state.step, "epoch": state.epoch_progress(c.train_loader.batch_sampler.total),
               "wall_seconds": round(state.wall_seconds, 3), "samples_seen": state.samples_seen,
               "train_loss": state.last_loss, "metrics": metrics}
-    state.history.append(record)
+    # the history (kept in every checkpoint) holds the scalars only: per-class tables and confusion matrices
+    # (classes² numbers per evaluation) stay in metrics.jsonl
+    state.history.append({**record, "metrics": scalars(metrics)})
     c.callbacks.fire("on_eval_end", state, record)
     return metrics
 
@@ -143,8 +147,8 @@ def train_one_epoch(c: Components, state: LoopState) -> None:
     model, acc = c.bundle.model, c.accelerator
     sampler: EpochBatchSampler = c.train_loader.batch_sampler
     sampler.set_epoch(state.epoch, skip=state.batch_in_epoch)
-    if c.train_loader.generator is not None:  # worker seeds: a function of (seed, epoch), so resume replays them
-        c.train_loader.generator.manual_seed(sampler.seed * 1_000_003 + state.epoch)
+    # worker seeds: a function of (seed, epoch), so resume replays them
+    c.train_loader.generator.manual_seed(sampler.seed * 1_000_003 + state.epoch)
     c.train_mode(model)
     for batch in c.train_loader:
         i = state.batch_in_epoch

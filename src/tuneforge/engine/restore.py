@@ -3,19 +3,24 @@ checkpoint left it (phases finished before it are skipped), and NaN rollback rel
 (or the state the phase started from)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
-from tuneforge.engine.checkpoint import atomic_write_text, latest_checkpoint, read_checkpoint
+from tuneforge.engine.checkpoint import CheckpointError, atomic_write_text, latest_checkpoint, read_checkpoint
 from tuneforge.engine.run_folder import RunFolder
 from tuneforge.engine.snapshot import TrainingSnapshot
 from tuneforge.engine.state import LoopState
 
 
-def write_history(run_dir: Path, history: list[dict]) -> None:
-    """metrics.jsonl as of a checkpoint: lines written after it (by a run that then crashed) are dropped."""
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+def truncate_history(run_dir: Path, evaluations: int) -> None:
+    """metrics.jsonl as of a checkpoint: its first `evaluations` lines (each complete: a checkpoint is written
+    after its evaluation's line); lines a crashed run wrote after it are dropped."""
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+    if len(lines) < evaluations:
+        raise CheckpointError(f"'{path}' has {len(lines)} evaluations but the checkpoint has {evaluations}; it was "
+                              "edited or truncated: restore it, or pass --overwrite to start over")
+    atomic_write_text(path, "".join(lines[:evaluations]))
 
 
 class StateRestorer:
@@ -26,7 +31,7 @@ class StateRestorer:
         self.phase = self.loaded[2].get("phase", 0) if self.loaded else 0
         self.resumed_from = self.loaded[2]["step"] if self.loaded else None
         if self.loaded is None and not folder.created:  # resuming a run that crashed before its first checkpoint
-            write_history(self.run_dir, [])
+            truncate_history(self.run_dir, 0)
             log("resume: no complete checkpoint yet; starting this run from the beginning")
 
     def skip_phase(self, index: int) -> bool:
@@ -39,7 +44,7 @@ class StateRestorer:
             return
         snapshot.restore(state, *self.loaded)
         self.loaded = None
-        write_history(self.run_dir, state.history)
+        truncate_history(self.run_dir, len(state.history))
         state.stop_at_step_limit()  # the loop checks this right after the evaluation the checkpoint was written in
         self.log(f"resumed from {self.source.relative_to(self.run_dir)}: step {state.step}, epoch {state.epoch} "
                  f"batch {state.batch_in_epoch}, {len(state.history)} evaluations so far")
@@ -53,6 +58,6 @@ class StateRestorer:
             latest = latest_checkpoint(self.run_dir)
             model, tensors, meta = initial if latest == at_start else read_checkpoint(latest)
             snapshot.restore(state, model, tensors, meta)
-            write_history(self.run_dir, state.history)
+            truncate_history(self.run_dir, len(state.history))
 
         return rollback

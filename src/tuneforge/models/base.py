@@ -50,6 +50,10 @@ class ModelBundle:
         """Recompute each block's activations in backward instead of keeping them; False if unsupported."""
         return False
 
+    def max_tokens(self) -> Optional[int]:
+        """The longest token sequence the model takes (position embeddings, tokenizer limit); None: no limit."""
+        return None
+
     # speed toggles: each returns whether it is now on (False: the model has no such fast path)
     def use_channels_last(self) -> bool:
         """NHWC activations (oneDNN's fast path for convolutions)."""

@@ -5,6 +5,7 @@ import logging
 import os
 import types
 from pathlib import Path
+from typing import Optional
 
 import torch
 import transformers
@@ -39,7 +40,25 @@ def _check_folder(path: Path) -> None:
                          "copy the weights there or set model.pretrained: false to start from random weights")
 
 
+# these models number positions from padding_idx + 1: two position embeddings are not usable
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet", "data2vec-text", "xlm-roberta-xl"}
+
+
+def text_limit(config, tokenizer) -> Optional[int]:
+    """The longest input the model's position embeddings and its tokenizer allow."""
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions - 2 if getattr(config, "model_type", "") in OFFSET_POSITIONS else positions)
+    if tokenizer is not None and 0 < tokenizer.model_max_length < 1_000_000:
+        limits.append(int(tokenizer.model_max_length))
+    return min(limits) if limits else None
+
+
 class HFBundle(ModelBundle):
+    def max_tokens(self) -> Optional[int]:
+        return text_limit(self.model.config, self.tokenizer)
+
     @property
     def first_token_shortcut(self) -> bool:
         return self.extra_meta.get("first_token_shortcut", False)

@@ -7,6 +7,7 @@ The folder holds the encoder in HF format (AutoModel loads it) plus siamese_head
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,7 @@ from torch import nn
 from tuneforge.data.text import PadCollator, tokenize_texts
 from tuneforge.errors import ConfigError
 from tuneforge.models.base import MODEL_SOURCES, HeadSpec, ModelBundle
-from tuneforge.models.hf import HFSource
+from tuneforge.models.hf import HFSource, text_limit
 
 HEAD_FILE = "siamese_head.safetensors"
 FIELDS = ("input_ids", "attention_mask", "token_type_ids")
@@ -51,6 +52,9 @@ class SiamesePairModel(nn.Module):
 class SiameseBundle(ModelBundle):
     siamese = True  # tasks/rows.py tokenizes the two texts separately
 
+    def max_tokens(self) -> Optional[int]:
+        return text_limit(self.model.encoder.config, self.tokenizer)
+
     def logits(self, batch: dict) -> torch.Tensor:
         keys = FIELDS + tuple(f"pair_{k}" for k in FIELDS)
         return self.model(**{k: batch[k] for k in keys if k in batch})
@@ -64,14 +68,15 @@ class SiameseBundle(ModelBundle):
 
 
 def pair_features(tokenizer, texts: list[str], pairs: list[str], max_length: int, pad_multiple: int = 1):
-    """Both sides tokenized alone; the second side's features are prefixed with pair_."""
+    """Both sides tokenized alone (each at most max_length tokens); the second side's features are prefixed with
+    pair_."""
     a = tokenize_texts(tokenizer, texts, None, max_length)
     b = tokenize_texts(tokenizer, pairs, None, max_length)
     features = {**a, **{f"pair_{k}": v for k, v in b.items()}}
     lengths = [max(len(x), len(y)) for x, y in zip(a["input_ids"], b["input_ids"])]
     pad = {**PAIR_PAD, "pair_input_ids": tokenizer.pad_token_id}
     return features, lengths, lambda label_dtype: PadCollator(tokenizer.pad_token_id, label_dtype, extra_pad=pad,
-                                                             multiple=pad_multiple)
+                                                             multiple=pad_multiple, max_width=max_length)
 
 
 @MODEL_SOURCES.register("hf-siamese")

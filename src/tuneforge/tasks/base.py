@@ -8,7 +8,7 @@ Adding a task: one module with a `Task` subclass registered as `@TASKS.register(
 (tasks/rows.py), which builds the inputs for every modality."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from tuneforge.data.examples import Examples, sample, split
 from tuneforge.data.sources import read_split
-from tuneforge.errors import ConfigError, DataError
+from tuneforge.errors import ConfigError, DataError, MissingLabelsError
 from tuneforge.losses import LOSSES
 from tuneforge.models.base import HeadSpec, ModelBundle
 from tuneforge.registry import Registry
@@ -31,6 +31,7 @@ class Built:
     lengths: Optional[list[int]] = None  # per-example token counts, for length-grouped batching
     skipped: int = 0
     sample_weights: Optional[list[float]] = None  # train only: draw examples with these weights (resampling)
+    dropped: dict = field(default_factory=dict)  # predict: input index -> why it has no row (e.g. unreadable)
 
 
 class Task:
@@ -48,6 +49,7 @@ class Task:
         self.report: dict = {}  # data counts worth a line in summary.json (rows without labels, windows, ...)
         self.remedy = "none"  # the imbalance remedy chosen from the data (choose_imbalance)
         self._loss: Optional[Callable] = None  # built by make_loss once the data is known
+        self._clamp_noted = False
 
     # ---------------------------------------------------------------- recipe checks (before any data is read)
     def check_recipe(self) -> None:
@@ -68,7 +70,7 @@ class Task:
         if train is None:
             raise DataError("no training data: set data.dir, data.train or data.source")
         val = read_split(d, modality, "val", self.log, self.file_reader)
-        test = read_split(d, modality, "test", self.log, self.file_reader) if d.dir and not d.source else None
+        test = self._read_test(modality)
         if val is None:
             train, val = split(train, d.val_split, seed, stratify=self.stratify_key(train))
             self.log(f"data: no validation set given; split off {len(val)} of {len(train) + len(val)} "
@@ -80,11 +82,35 @@ class Task:
                 raise DataError(f"the {name} split is empty; give it at least one example")
         return train, val, test
 
+    def _read_test(self, modality: str) -> Optional[Examples]:
+        """data.test, or a test.* file found under data.dir; a found one without labels is skipped."""
+        d = self.cfg.data
+        if d.test is False or d.source or not (d.dir or d.test):
+            return None
+        try:
+            return read_split(d, modality, "test", self.log, self.file_reader)
+        except MissingLabelsError as e:
+            if d.test:
+                raise
+            self.log(f"data: the test split is skipped: {e} (set data.test: false to skip it silently)")
+            return None
+
     def stratify_key(self, ex: Examples) -> Optional[list]:
         return None
 
     def fit_labels(self, train: Examples, val: Examples) -> None:
         """Learn the label space from train and check val against it."""
+
+    def max_length(self, bundle: ModelBundle) -> int:
+        """data.max_length, clamped (with a log line) to the longest input the model takes."""
+        limit, wanted = bundle.max_tokens(), self.cfg.data.max_length
+        if limit is None or wanted <= limit:
+            return wanted
+        if not self._clamp_noted:
+            self.log(f"data.max_length {wanted} is above what model '{bundle.name}' takes ({limit} tokens): "
+                     f"inputs are cut at {limit}")
+            self._clamp_noted = True
+        return limit
 
     def encode_labels(self, ex: Examples) -> Optional[list]:
         """The labels as the loss sees them (class ids, standardised values, multi-hot rows, tag ids); None when

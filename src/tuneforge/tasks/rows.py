@@ -11,16 +11,16 @@ import torch
 from tuneforge.data.examples import Examples
 from tuneforge.data.images import ImageCache, ImageDataset, MixCollate, build_transforms
 from tuneforge.data.text import PadCollator, TokenizedDataset, tokenize_texts
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, DataError
 from tuneforge.models.base import ModelBundle
 from tuneforge.tasks.base import Built, Task
 
 
 def build_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, cache: Optional[ImageCache],
-                 labels: Optional[list], label_dtype=torch.long) -> Built:
-    """Examples → Dataset for the bundle's modality."""
+                 labels: Optional[list], label_dtype=torch.long, max_length: Optional[int] = None) -> Built:
+    """Examples → Dataset for the bundle's modality (`max_length`: tokens, data.max_length if None)."""
     if bundle.modality == "text":
-        return _text_inputs(ex, bundle, cfg, train, labels, label_dtype)
+        return _text_inputs(ex, bundle, cfg, train, labels, label_dtype, max_length or cfg.data.max_length)
     size = cfg.data.image_size or bundle.image_cfg["input_size"][-1]
     aug = cfg.data.augment
     transform = build_transforms(bundle.image_cfg, size, train, aug)
@@ -29,28 +29,29 @@ def build_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, cache: Opt
     return Built(ImageDataset(ex.inputs, labels, cache, transform, label_dtype), collate)
 
 
-def _text_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, labels, label_dtype) -> Built:
+def _text_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, labels, label_dtype, max_length: int) -> Built:
     texts = [x[0] if isinstance(x, tuple) else x for x in ex.inputs]
     pairs = [x[1] for x in ex.inputs] if ex.inputs and isinstance(ex.inputs[0], tuple) else None
     if train and pairs is not None and cfg.data.pair_swap:  # both orders: the model learns a symmetric score
         texts, pairs = texts + pairs, pairs + texts
         labels = None if labels is None else list(labels) + list(labels)
     if bundle.siamese:  # model.pair_encoding: siamese
-        return _siamese_inputs(bundle, texts, pairs, cfg, labels, label_dtype)
-    features = tokenize_texts(bundle.tokenizer, texts, pairs, cfg.data.max_length)
+        return _siamese_inputs(bundle, texts, pairs, cfg, labels, label_dtype, max_length)
+    features = tokenize_texts(bundle.tokenizer, texts, pairs, max_length)
     if labels is not None:
         features["labels"] = labels
     lengths = [len(ids) for ids in features["input_ids"]]
-    collate = PadCollator(bundle.tokenizer.pad_token_id, label_dtype, multiple=cfg.data.pad_to_multiple_of)
+    collate = PadCollator(bundle.tokenizer.pad_token_id, label_dtype, multiple=cfg.data.pad_to_multiple_of,
+                          max_width=max_length)
     return Built(TokenizedDataset(features, lengths), collate, lengths)
 
 
-def _siamese_inputs(bundle: ModelBundle, texts, pairs, cfg, labels, label_dtype) -> Built:
+def _siamese_inputs(bundle: ModelBundle, texts, pairs, cfg, labels, label_dtype, max_length: int) -> Built:
     from tuneforge.models.siamese import pair_features
 
     if pairs is None:
         raise ConfigError("model.pair_encoding: siamese needs text pairs; set data.text_pair_column")
-    features, lengths, collate = pair_features(bundle.tokenizer, texts, pairs, cfg.data.max_length,
+    features, lengths, collate = pair_features(bundle.tokenizer, texts, pairs, max_length,
                                                cfg.data.pad_to_multiple_of)
     if labels is not None:
         features["labels"] = labels
@@ -63,17 +64,39 @@ class RowTask(Task):
     def __init__(self, cfg, log=print):
         super().__init__(cfg, log)
         self.cache: Optional[ImageCache] = None  # decoded images, shared by the splits
+        self.pairs: Optional[bool] = None  # text pairs (two inputs per row) or single texts, as trained
+        self.columns: dict[str, str] = {}  # the train file's text / pair columns
 
-    def prepare_images(self, ex: Examples, bundle: ModelBundle) -> Examples:
-        """Decode (and check) every image once; unreadable ones are an error or, with data.on_bad_sample: skip,
-        dropped (Examples.origin keeps each kept row's input index)."""
+    def check_arity(self, ex: Examples, split: str) -> None:
+        """Training fixes single texts vs pairs; any other split (val, test, eval, predict) must match it."""
+        pairs = bool(ex.inputs) and isinstance(ex.inputs[0], tuple)
+        if split == "train":
+            self.pairs, self.columns = pairs, {k: v for k, v in ex.columns.items() if k in ("text", "pair")}
+        elif self.pairs is not None and pairs != self.pairs:
+            trained = (f"text pairs (columns {', '.join(self.columns.values()) or 'two texts'})" if self.pairs
+                       else "single texts")
+            fix = "give both texts (--text-pair, or a file with both columns)" if self.pairs else \
+                "give one text per input (no --text-pair, no second column)"
+            where = ex.where[0].rsplit(" line ", 1)[0] if ex.where else split
+            raise DataError(f"{where}: this model was trained on {trained}; {fix}")
+
+    def state(self) -> dict:
+        return {**super().state(), "pairs": self.pairs, "columns": self.columns}
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.pairs, self.columns = state.get("pairs"), dict(state.get("columns", {}))
+
+    def prepare_images(self, ex: Examples, bundle: ModelBundle, on_bad: str) -> Examples:
+        """Decode (and check) every image once; unreadable ones are an error or, with on_bad "skip", dropped
+        (Examples.dropped names each dropped input and why)."""
         if bundle.modality != "image":
             return ex
         if self.cache is None:
             size = self.cfg.data.image_size or bundle.image_cfg["input_size"][-1]
             self.cache = ImageCache(int(size / bundle.image_cfg.get("crop_pct", 0.875)) + 1,
                                     self.cfg.data.cache_images_mb)
-        return self.cache.prepare(ex, self.cfg.data.on_bad_sample, self.log)
+        return self.cache.prepare(ex, on_bad, self.log)
 
     def train_inputs_vary(self, bundle: ModelBundle) -> bool:
         return bundle.modality == "image" and self.cfg.data.augment.enabled  # random crops every epoch
@@ -84,10 +107,14 @@ class RowTask(Task):
 
     def build(self, ex: Examples, bundle: ModelBundle, split: str) -> Built:
         train = split == "train"
-        ex = self.prepare_images(ex, bundle)
+        # predict answers every input: an unreadable one gets an error line instead of stopping the others
+        ex = self.prepare_images(ex, bundle, "skip" if split == "predict" else self.cfg.data.on_bad_sample)
+        if bundle.modality == "text":
+            self.check_arity(ex, split)
         labels = self.encode_labels(ex)
-        built = build_inputs(ex, bundle, self.cfg, train, self.cache, labels, self.label_dtype)
-        built.skipped = len(ex.skipped)
+        built = build_inputs(ex, bundle, self.cfg, train, self.cache, labels, self.label_dtype,
+                             self.max_length(bundle) if bundle.modality == "text" else None)
+        built.skipped, built.dropped = len(ex.skipped), ex.dropped
         if train and labels is not None:
             built.sample_weights = self.sample_weights(labels)
         return built

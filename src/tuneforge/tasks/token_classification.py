@@ -85,11 +85,10 @@ class TokenClassification(Task):
         if bundle.modality != "text":
             raise ConfigError("task.type token_classification needs a text model (e.g. model.name: minilm-l6)")
         tok = bundle.tokenizer
-        limit = tok.model_max_length if tok.model_max_length < 100_000 else self.cfg.data.max_length
         train = split == "train"
         try:
             w = build_windows(tok, [self.words(x) for x in ex.inputs], self.encode_labels(ex),
-                              min(self.cfg.data.max_length, limit), self.cfg.data.window_overlap, score_all=train)
+                              self.max_length(bundle), self.cfg.data.window_overlap, score_all=train)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if train:  # word ids only serve scoring; training labels every word of every window
@@ -101,7 +100,7 @@ class TokenClassification(Task):
                          "task.token_loss_norm: dataset)")
         self._report(ex, w, split)
         collate = PadCollator(tok.pad_token_id, pad_labels=True, extra_pad={"word_ids": IGNORE},
-                              multiple=self.cfg.data.pad_to_multiple_of)
+                              multiple=self.cfg.data.pad_to_multiple_of, max_width=self.max_length(bundle))
         return Built(TokenizedDataset(w.features, w.lengths), collate, w.lengths, skipped=w.empty_sentences)
 
     def _report(self, ex: Examples, w, split: str) -> None:
