@@ -56,7 +56,7 @@ def make_loader(built: Built, batch_size: int, train: bool, seed: int, num_worke
     # its own generator, always: a loader without one draws its base seed from the global RNG, so evaluating or
     # computing cached features would shift every later dropout mask
     return DataLoader(built.dataset, batch_sampler=sampler, collate_fn=built.collate, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed) if train else None)
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
 
 
 MATH_ATTENTION_BELOW = 192  # tokens
