@@ -29,7 +29,10 @@ GELU = 3  # CTranslate2's Activation enum: RELU, GELUTanh, SWISH, GELU, ...
 # Flags of CTranslate2's Whisper spec and the value a HF Whisper model implies (anything else cannot be mapped).
 FLAGS = {"decoder/activation": GELU, "decoder/pre_norm": 1, "decoder/alibi": 0, "decoder/scale_embeddings": 0,
          "decoder/start_from_zero_embedding": 0}
-IGNORED_FLAGS = ("decoder/alignment_heads", "decoder/alignment_layer")  # which attention CT2 returns; HF has none
+# Which attention CT2 returns for word timestamps (HF reads alignment_heads from generation_config instead), and
+# ALiBi options that mean nothing while decoder/alibi is 0 (checked above).
+IGNORED_FLAGS = ("decoder/alignment_heads", "decoder/alignment_layer", "decoder/alibi_use_positive_positions",
+                 "decoder/scale_alibi")
 NON_LANG_SPECIALS = {"<|endoftext|>", "<|startoftranscript|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>",
                      "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"}
 TIME_PRECISION = 0.02  # seconds per timestamp token
