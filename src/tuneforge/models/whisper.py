@@ -7,9 +7,9 @@ preprocessor_config.json, loadable offline by `WhisperForConditionalGeneration.f
 `WhisperProcessor.from_pretrained`.
 
 The weights map one to one: every CTranslate2 variable is used exactly once (fused q/k/v and k/v projections are
-split; the zero key bias CTranslate2 adds when fusing is checked and dropped) and the HF model is loaded with
-`strict=True`, so a variable this converter does not know, or one HF needs and the file lacks, is a `ModelError`,
-never a silent random init. int8/int16 weights are dequantized with their saved `_scale`.
+split; the zero key bias CTranslate2 adds when fusing is checked and dropped) and the HF model must take every tensor
+by name and shape, so a variable this converter does not know, or one HF needs and the file lacks, is a
+`ModelError`, never a silent random init. int8/int16 weights are dequantized with their saved `_scale`.
 
 Weights are written as float32 by default: tuneforge trains on CPU, where fp16 weights would either be upcast on
 every load or trained in fp16 (no fp16 GEMM speed-up on most CPUs, and AdamW updates below fp16's resolution are
@@ -271,7 +271,11 @@ def _save_model(config, sd: dict[str, np.ndarray], out_dir: Path, dtype: str) ->
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(config)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(getattr(torch, dtype)) for k, v in sd.items()}
-    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    except RuntimeError as e:  # a shape that does not fit the config read from the other tensors
+        raise ModelError(f"CTranslate2 Whisper weights have inconsistent shapes: "
+                         f"{str(e).strip().splitlines()[-1][:160]}") from None
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "proj_out.weight")]
     if missing or unexpected:
         raise ModelError(f"CTranslate2 Whisper weights do not fit WhisperForConditionalGeneration: missing "
