@@ -165,6 +165,10 @@ class OutputConfig(_Section):
     name: Optional[str] = None
     keep_checkpoints: int = Field(1, ge=0)  # most recent periodic checkpoints kept (the best is always kept)
     progress: bool = True
+    # experiment trackers (tuneforge.trackers): jsonl is metrics.jsonl and always on; tensorboard writes
+    # RUN/tensorboard, mlflow logs to mlflow_uri (default: sqlite:///RUN/mlflow.db)
+    loggers: list[Literal["jsonl", "tensorboard", "mlflow"]] = ["jsonl"]
+    mlflow_uri: Optional[str] = None
 
 
 class Config(_Section):

@@ -53,11 +53,12 @@ def _accelerator(precision: str):
 
 def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | None = None, *,
           output: Optional[str] = None, overwrite: bool = False, resume: bool = False,
-          quiet: bool = False) -> RunResult:
-    """resume=True continues the run in the output folder from its latest checkpoint (or starts it)."""
+          quiet: bool = False, callbacks: Optional[list] = None) -> RunResult:
+    """resume=True continues the run in the output folder from its latest checkpoint (or starts it).
+    callbacks: extra Callbacks added to every phase's list, before the checkpointer (e.g. a sweep's pruner)."""
     ctx = RunContext()
     with user_errors(ctx):  # out-of-memory → a batch size to try; no half-written run folder after an error
-        return _train(ctx, recipe, overrides, output, overwrite, resume, quiet)
+        return _train(ctx, recipe, overrides, output, overwrite, resume, quiet, callbacks or [])
 
 
 def resume(run_dir: str | Path, quiet: bool = False) -> RunResult:
@@ -117,7 +118,8 @@ def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = Non
     return {"suggested_lr": result["suggested_lr"], "plot": str(plot_path), "steps": len(result["lrs"])}
 
 
-def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: bool, quiet: bool) -> RunResult:
+def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: bool, quiet: bool,
+           extra_callbacks: list) -> RunResult:
     log = RunLog(quiet)
     cfg = ctx.cfg = load_config(recipe, overrides)
     threads = set_threads(cfg.train.threads)
@@ -206,8 +208,8 @@ def _train(ctx: RunContext, recipe, overrides, output, overwrite: bool, resume: 
             f"{'; cached backbone features' if head else ''}")
         es = cfg.early_stopping
         stopper = EarlyStopping(metric, mode, es.patience, es.min_delta, es.target, es.enabled)
-        callbacks = ([ema] if ema else []) + [MetricsLogger(run_dir, log), stopper, checkpointer]  # checkpointer
-        # last: it saves the others
+        callbacks = (([ema] if ema else []) + [MetricsLogger(run_dir, log), stopper] + list(extra_callbacks)
+                     + [checkpointer])  # checkpointer last: it saves the others
         if chaos.enabled():
             callbacks.append(chaos.ChaosPoints())
         if cfg.output.progress and not quiet:
