@@ -11,22 +11,24 @@ from tuneforge.report.html import esc, nav, note, page
 from tuneforge.report.runs import RunFiles, attach_predictions, load_run, unique_names
 from tuneforge.report.tasks import TASK_SECTIONS, mistakes_section
 
-SINGLE_NAV = [("summary", "Summary"), ("curves", "Curves"), ("task", "Errors"), ("mistakes", "Worst mistakes"),
-              ("data", "Data"), ("strategies", "Strategies and speed"), ("recipe", "Recipe")]
 COMPARE_NAV = [("compare", "Comparison"), ("curves", "Curves"), ("final", "Final metrics")]
 
 
 def single_run_html(run: RunFiles) -> str:
-    body = [nav(SINGLE_NAV), sections.summary_section(run), sections.curves_section(run)]
+    parts = [("summary", "Summary", sections.summary_section(run)), ("curves", "Curves", sections.curves_section(run))]
     task_parts = TASK_SECTIONS.get(run.task)
     if task_parts and run.finished:
-        body += [task_parts[0](run), mistakes_section(run, task_parts[1])]
+        errors, mistakes = task_parts
+        parts += [("task", "Errors", errors(run)), ("mistakes", "Worst mistakes", mistakes_section(run, mistakes))]
     elif task_parts:
-        body.append(note("per-class analysis and mistakes appear once the run has finished (summary.json)"))
-    body += [sections.data_section(run), sections.strategies_section(run), sections.recipe_section(run)]
+        parts.append(("", "", note("per-class analysis and mistakes appear once the run has finished (summary.json)")))
+    parts += [("data", "Data", sections.data_section(run)),
+              ("strategies", "Strategies and speed", sections.strategies_section(run)),
+              ("recipe", "Recipe", sections.recipe_section(run))]
+    links = [(anchor, label) for anchor, label, html in parts if anchor and html]
     status = f"finished {run.summary.get('finished_at', '')}" if run.summary else "unfinished"
     subtitle = f"{esc(run.task)} · {esc(run.model_name)} · {esc(status)} · <code>{esc(run.path)}</code>"
-    return page(f"tuneforge run {run.name}", subtitle, "".join(body))
+    return page(f"tuneforge run {run.name}", subtitle, nav(links) + "".join(html for _, _, html in parts))
 
 
 def compare_html(runs: list[RunFiles]) -> str:

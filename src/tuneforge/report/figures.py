@@ -99,6 +99,11 @@ def panel_grid(panels: list[Panel], xlabel: str, columns: Optional[int] = None, 
 
 def heatmap(matrix: np.ndarray, row_labels: list[str], col_labels: list[str], title: str,
             xlabel: str = "predicted", ylabel: str = "true") -> str:
+    return to_uri(heatmap_figure(matrix, row_labels, col_labels, title, xlabel, ylabel))
+
+
+def heatmap_figure(matrix: np.ndarray, row_labels: list[str], col_labels: list[str], title: str,
+                   xlabel: str = "predicted", ylabel: str = "true"):
     """Counts, coloured by share of their row (recall), annotated while the cells are large enough to read."""
     m = np.asarray(matrix, dtype=float)
     n = max(len(row_labels), len(col_labels))
@@ -119,7 +124,7 @@ def heatmap(matrix: np.ndarray, row_labels: list[str], col_labels: list[str], ti
                         color="white" if share[i, j] > 0.55 else "#222")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
-    return to_uri(fig)
+    return fig
 
 
 def _roc_pr(ax1, ax2, probs: np.ndarray, gold: np.ndarray, labels: list[str], max_classes: int) -> dict:

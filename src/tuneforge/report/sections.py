@@ -55,9 +55,10 @@ def curves_section(run: RunFiles) -> str:
     panels = _metric_panels(records)
     body = figure(F.panel_grid(panels, "step"), "loss and validation metrics against step",
                   "train loss is the loss of the last step before each evaluation")
-    body += details("the same against wall-clock time",
-                    figure(F.panel_grid(_with_x(panels, A.series(records, "wall_seconds")), "wall-clock seconds"),
-                           "loss and validation metrics against wall-clock time",
+    main = next((p for p in panels if p.title == f"validation {run.metric}"), panels[1] if len(panels) > 1 else None)
+    timed = _with_x([panels[0]] + ([main] if main else []), A.series(records, "wall_seconds"))
+    body += details("loss and the kept-model metric against wall-clock time",
+                    figure(F.panel_grid(timed, "wall-clock seconds", columns=3), "curves against wall-clock time",
                            "wall-clock seconds of training, evaluation included"))
     steps = A.series(records, "step")
     resources = [F.Panel("learning rate", [F.Line("lr", steps, A.lr_values(records))],
@@ -65,10 +66,13 @@ def curves_section(run: RunFiles) -> str:
                  F.Panel("throughput", [F.Line("samples/s", steps, A.throughput(records))], ylabel="samples / s"),
                  F.Panel("memory", [F.Line("RSS", steps, A.series(records, "rss_mb"))], ylabel="RSS (MB)",
                          empty_note="RSS not recorded\n(metrics.jsonl has no rss_mb field)")]
+    missing = [what for what, values in (("LR not recorded (no lr field)", A.lr_values(records)),
+                                         ("RSS not recorded (no rss_mb field)", A.series(records, "rss_mb")))
+               if not A.recorded(values)]
     body += subsection("Schedule and resources", figure(F.panel_grid(resources, "step", height=2.4),
                        "learning rate, throughput and memory against step",
                        "throughput: samples seen between two evaluations / wall-clock seconds between them "
-                       "(evaluation time included)"))
+                       "(evaluation time included)" + "".join(f"; {m}" for m in missing)))
     return section("curves", "Training curves", body)
 
 
