@@ -24,10 +24,16 @@ def screenshot(pages: list[Path], out_dir: Path, chromium: str = "/usr/bin/chrom
         for html in pages:
             page = browser.new_page(viewport={"width": width, "height": 900})
             outside: list[str] = []
-            page.route("**/*", lambda route: (outside.append(route.request.url) if not
-                                               route.request.url.startswith(("file:", "data:")) else None,
-                                               route.abort() if not route.request.url.startswith(("file:", "data:"))
-                                               else route.continue_()))
+
+            def only_local(route, outside=outside) -> None:  # the report must not need the network
+                url = route.request.url
+                if url.startswith(("file:", "data:")):
+                    route.continue_()
+                else:
+                    outside.append(url)
+                    route.abort()
+
+            page.route("**/*", only_local)
             page.goto(html.resolve().as_uri(), wait_until="load")
             if outside:
                 raise RuntimeError(f"{html} requested external resources: {outside[:3]}")

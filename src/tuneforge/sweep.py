@@ -155,6 +155,10 @@ class SweepSetup:
     pruner: Any = None  # None: MedianPruner(n_startup_trials=3)
 
 
+def _by_eval(space: dict) -> bool:
+    return any(k in space for k in STEP_CHANGING)
+
+
 def run_trial(setup: SweepSetup, trial) -> float:
     import optuna
 
@@ -163,8 +167,7 @@ def run_trial(setup: SweepSetup, trial) -> float:
     params = suggest(trial, setup.space)
     out = Path(setup.output) / f"trial-{trial.number:03d}"
     trial.set_user_attr("run_dir", str(out))
-    by_eval = any(k in setup.space for k in STEP_CHANGING)
-    pruner = PruneOnEval(trial, setup.metric, by_eval)
+    pruner = PruneOnEval(trial, setup.metric, _by_eval(setup.space))
     overrides = {**setup.overrides, "train.threads": setup.threads, "eval.metric": setup.metric,
                  "output.name": f"{setup.recipe_name}-trial-{trial.number:03d}", **params}
     t0 = time.perf_counter()
@@ -175,6 +178,7 @@ def run_trial(setup: SweepSetup, trial) -> float:
         raise
     except KeyboardInterrupt:  # not counted as one of the N trials: the next run of the sweep replaces it
         trial.set_user_attr("interrupted", True)
+        trial.set_user_attr("error", "interrupted (Ctrl-C or a crash) during this trial")
         raise
     finally:
         trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
@@ -224,6 +228,7 @@ class SweepResult:
     best: Optional[dict] = None  # the best trial's row
     best_recipe: Optional[Path] = None  # DIR/best.yaml
     html: Optional[Path] = None  # DIR/sweep.html
+    reported_at: str = "step"  # what the pruner's intermediate values are keyed by: step or evaluation number
 
 
 def counted(trial) -> bool:
@@ -301,7 +306,8 @@ def run_sweep(recipe: str | Path | dict, space: str | Path, trials: int, *, time
               overrides: Optional[dict | list] = None, seed: int = 0, pruner=None, log=print) -> SweepResult:
     """Runs (or continues) a sweep until the study in DIR/study.db has `trials` finished trials; writes
     DIR/best.yaml and DIR/sweep.html. `pruner`: an Optuna pruner instead of the median rule (tests)."""
-    _require_optuna()
+    optuna = _require_optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if trials < 1 or jobs < 1:
         raise ConfigError(f"--trials and --jobs must be at least 1 (got {trials} and {jobs})")
     raw = copy.deepcopy(recipe) if isinstance(recipe, dict) else read_recipe(recipe)
@@ -357,7 +363,8 @@ def summarize(setup: SweepSetup) -> SweepResult:
 
     study = optuna.load_study(study_name="sweep", storage=setup.storage)
     out = Path(setup.output)
-    result = SweepResult(out, setup.metric, setup.direction, [_row(t) for t in study.trials])
+    result = SweepResult(out, setup.metric, setup.direction, [_row(t) for t in study.trials],
+                         reported_at="evaluation number" if _by_eval(setup.space) else "step")
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     recipe_text = None
     if complete:

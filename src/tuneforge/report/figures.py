@@ -113,7 +113,7 @@ def heatmap_figure(matrix: np.ndarray, row_labels: list[str], col_labels: list[s
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     ax.grid(False)
     ticks = n <= 60
-    long = n > 6 or max((len(str(c)) for c in col_labels), default=0) > 3
+    long = n * max((len(str(c)) for c in col_labels), default=0) > 24  # would overlap when horizontal
     ax.set_xticks(range(len(col_labels)), col_labels if ticks else [], rotation=90 if long else 0)
     ax.set_yticks(range(len(row_labels)), row_labels if ticks else [])
     ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title)

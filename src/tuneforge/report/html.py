@@ -26,8 +26,10 @@ def fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return esc(value)
-        if value != 0 and (abs(value) >= 1e6 or abs(value) < 10 ** -digits):
+        if abs(value) >= 1e6:
             return f"{value:.{digits - 1}e}"
+        if value != 0 and abs(value) < 0.01:  # learning rates and the like: significant digits
+            return f"{value:.3g}"
         return f"{value:.{digits}f}" if abs(value) < 100 else f"{value:,.1f}"
     if isinstance(value, (list, tuple)):
         return ", ".join(fmt(v, digits) for v in value) or "[]"

@@ -19,6 +19,8 @@ def _history(result) -> str:
     done = [r for r in result.trials if r["value"] is not None]
     for state, color in STATE_COLORS.items():
         rows = [r for r in done if r["state"] == state]
+        if not rows:
+            continue
         ax1.scatter([r["number"] for r in rows], [r["value"] for r in rows], color=color, label=state, zorder=3)
     best, line = None, []
     for r in sorted(done, key=lambda r: r["number"]):
@@ -35,7 +37,7 @@ def _history(result) -> str:
             steps = sorted(r["intermediate"])
             ax2.plot(steps, [r["intermediate"][s] for s in steps], color=STATE_COLORS.get(r["state"], "#999"),
                      linestyle="--" if r["state"] == "pruned" else "-", marker="o", markersize=2.5, alpha=0.8)
-    ax2.set(xlabel="reported at (step or evaluation)", ylabel=result.metric,
+    ax2.set(xlabel=f"reported at ({result.reported_at})", ylabel=result.metric,
             title="every evaluation (orange dashed: pruned)")
     fig.tight_layout()
     return F.to_uri(fig)
@@ -43,10 +45,15 @@ def _history(result) -> str:
 
 def _importance(study) -> Optional[str]:
     """fANOVA importance (Optuna's default evaluator); None with too few complete trials to tell."""
+    import warnings
+
     import optuna
 
     try:
-        imp = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():  # "too few trials" is answered by the note on the page
+            warnings.simplefilter("ignore")
+            imp = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     except (RuntimeError, ValueError):
         return None
     if not imp:
@@ -100,7 +107,7 @@ def write_sweep_page(study, result, recipe_text: Optional[str], path: Path) -> P
     if recipe_text:
         best = result.best
         parts.append(section("best", f"Best trial: {best['number']}", details(
-            "its full recipe (best.yaml)", f"<pre>{esc(recipe_text)}</pre>", open_=True),
+            "its full recipe (best.yaml)", f"<pre>{esc(recipe_text)}</pre>"),
             f"{result.metric} {best['value']:.4f}; run folder {best['run_dir']}"))
     counts = {s: sum(r["state"] == s for r in result.trials) for s in ("complete", "pruned", "fail")}
     subtitle = esc(f"{len(result.trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}) · "

@@ -22,6 +22,18 @@ def _final(run: RunFiles) -> dict:
     return run.records[-1]["metrics"] if run.records else {}
 
 
+def is_image(x: Any) -> bool:
+    return (isinstance(x, list) and bool(x) and isinstance(x[0], list)) or (
+        isinstance(x, str) and Path(x).suffix.lower() in IMAGE_SUFFIXES)
+
+
+def gallery(cards: list[tuple[Any, list[str]]]) -> str:
+    """Image mistakes as a grid of cards: the thumbnail, then a few caption lines (HTML)."""
+    items = "".join(f'<div class="card-img">{render_input(x)}{"".join(f"<div>{c}</div>" for c in lines)}</div>'
+                    for x, lines in cards)
+    return f'<div class="gallery mistakes">{items}</div>'
+
+
 def render_input(x: Any) -> str:
     """An input as HTML: image thumbnail (path or pixels), text pair, text or token list (escaped)."""
     if isinstance(x, list) and x and isinstance(x[0], list):  # pixels of an in-memory image
@@ -75,6 +87,11 @@ def classification_section(run: RunFiles) -> str:
 
 def classification_mistakes(run: RunFiles) -> str:
     wrong = A.classification_mistakes(run.predictions, MISTAKES)
+    if wrong and all(is_image(m["input"]) for m in wrong):
+        return gallery([(m["input"], [f'true <span class="gold">{esc(m["gold"])}</span> · predicted '
+                                      f'<span class="wrong">{esc(m["predicted"])}</span>',
+                                      f'confidence {fmt(m["confidence"])} · p(true) {fmt(m["p_gold"])}'])
+                        for m in wrong])
     rows = [[render_input(m["input"]), f'<span class="gold">{esc(m["gold"])}</span>',
              f'<span class="wrong">{esc(m["predicted"])}</span>', fmt(m["confidence"]), fmt(m["p_gold"])]
             for m in wrong]
@@ -153,8 +170,12 @@ def regression_section(run: RunFiles) -> str:
 
 
 def regression_mistakes(run: RunFiles) -> str:
+    worst = A.regression_mistakes(run.predictions, MISTAKES)
+    if worst and all(is_image(m["input"]) for m in worst):
+        return gallery([(m["input"], [f"true {fmt(m['gold'])} · predicted {fmt(m['predicted'])}",
+                                      f'error <span class="wrong">{m["error"]:+.4g}</span>']) for m in worst])
     rows = [[render_input(m["input"]), fmt(m["gold"]), fmt(m["predicted"]), f'<span class="wrong">{m["error"]:+.4g}</span>']
-            for m in A.regression_mistakes(run.predictions, MISTAKES)]
+            for m in worst]
     return table(["input", "true", "predicted", "error"], rows, "mistakes") if rows else ""
 
 
