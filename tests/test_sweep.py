@@ -3,6 +3,7 @@ best.yaml and sweep.html."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from tuneforge.cli import main
 from tuneforge.config import load_config
 from tuneforge.engine import chaos
 from tuneforge.errors import ConfigError
-from tuneforge.sweep import PRUNED_REASON, mark_interrupted, read_space, run_sweep
+from tuneforge.sweep import PRUNED_REASON, mark_interrupted, prepare, read_space, run_sweep
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra (optuna) is not installed")
 
@@ -117,6 +118,18 @@ def test_stale_running_trials_are_marked_interrupted(tmp_path):
     trial = optuna.load_study(study_name="sweep", storage=storage).trials[0]
     assert trial.state.name == "FAIL" and trial.user_attrs["interrupted"]
     assert mark_interrupted(storage) == 0
+
+
+def test_setup_direction_threads_and_shared_mlflow_store(files, tmp_path, monkeypatch):
+    recipe_path, space_path, recipe = files
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)))
+    setup = prepare(recipe_path, space_path, 2, tmp_path / "s", None, ["output.loggers=[jsonl, mlflow]"], 0, None)
+    assert (setup.metric, setup.direction) == ("accuracy", "maximize")
+    assert setup.threads == 1  # 8 cores / 2 jobs = 4, but the recipe asks for 1 thread
+    assert setup.overrides["output.mlflow_uri"] == f"sqlite:///{(tmp_path / 's' / 'mlflow.db').resolve()}"
+    recipe["train"]["threads"] = None
+    setup = prepare(recipe, space_path, 2, tmp_path / "s", "loss", None, 0, None)
+    assert (setup.metric, setup.direction, setup.threads) == ("loss", "minimize", 4)
 
 
 def test_metric_direction_and_bad_arguments(files, tmp_path):

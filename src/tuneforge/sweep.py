@@ -169,7 +169,7 @@ def run_trial(setup: SweepSetup, trial) -> float:
     trial.set_user_attr("run_dir", str(out))
     pruner = PruneOnEval(trial, setup.metric, _by_eval(setup.space))
     overrides = {**setup.overrides, "train.threads": setup.threads, "eval.metric": setup.metric,
-                 "output.name": f"{setup.recipe_name}-trial-{trial.number:03d}", **params}
+                 "output.name": f"{setup.recipe_name}-sweep", **params}  # the name is the MLflow experiment
     t0 = time.perf_counter()
     try:
         result = train(setup.recipe, overrides, output=str(out), overwrite=True, quiet=True, callbacks=[pruner])
@@ -301,6 +301,23 @@ def _run_workers(setup: SweepSetup, remaining: int, jobs: int, timeout: Optional
                              "keeps every finished trial: run the same command again to continue")
 
 
+def prepare(recipe: str | Path | dict, space: str | Path, jobs: int, output: Optional[str | Path],
+            metric: Optional[str], overrides: Optional[dict | list], seed: int, pruner) -> SweepSetup:
+    """Recipe, overrides and space read and validated; the metric and its direction; the study's location."""
+    raw = copy.deepcopy(recipe) if isinstance(recipe, dict) else read_recipe(recipe)
+    name = "sweep" if isinstance(recipe, dict) else Path(recipe).stem
+    over = dict(_pairs(overrides)) if isinstance(overrides, list) else {
+        k.replace("__", "."): v for k, v in (overrides or {}).items()}
+    cfg = load_config(raw, over)
+    out = Path(output or Path("sweeps") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}")
+    if "mlflow" in cfg.output.loggers and not cfg.output.mlflow_uri:  # one store for the sweep: a new sqlite
+        over["output.mlflow_uri"] = f"sqlite:///{(out / 'mlflow.db').resolve()}"  # store costs seconds to set up
+    metric, direction = _objective(cfg, metric)
+    space_spec = read_space(space, apply_overrides(copy.deepcopy(raw), over))
+    return SweepSetup(raw, name, over, space_spec, str(out), metric, direction,
+                      f"sqlite:///{(out / 'study.db').resolve()}", _threads(jobs, cfg.train.threads), seed, pruner)
+
+
 def run_sweep(recipe: str | Path | dict, space: str | Path, trials: int, *, timeout: Optional[float] = None,
               jobs: int = 1, output: Optional[str | Path] = None, metric: Optional[str] = None,
               overrides: Optional[dict | list] = None, seed: int = 0, pruner=None, log=print) -> SweepResult:
@@ -310,25 +327,16 @@ def run_sweep(recipe: str | Path | dict, space: str | Path, trials: int, *, time
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if trials < 1 or jobs < 1:
         raise ConfigError(f"--trials and --jobs must be at least 1 (got {trials} and {jobs})")
-    raw = copy.deepcopy(recipe) if isinstance(recipe, dict) else read_recipe(recipe)
-    name = "sweep" if isinstance(recipe, dict) else Path(recipe).stem
-    over = ({k.replace("__", "."): v for k, v in (overrides or {}).items()} if not isinstance(overrides, list)
-            else dict(_pairs(overrides)))
-    cfg = load_config(raw, over)
-    out = Path(output or Path("sweeps") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}")
-    metric, direction = _objective(cfg, metric)
-    setup = SweepSetup(raw, name, over, read_space(space, apply_overrides(copy.deepcopy(raw), over)), str(out),
-                       metric, direction, f"sqlite:///{(out / 'study.db').resolve()}",
-                       _threads(jobs, cfg.train.threads), seed, pruner)
-    out.mkdir(parents=True, exist_ok=True)
+    setup = prepare(recipe, space, jobs, output, metric, overrides, seed, pruner)
+    Path(setup.output).mkdir(parents=True, exist_ok=True)
     _check_same_objective(setup)
     if mark_interrupted(setup.storage):
         log("sweep: trials interrupted by an earlier run are marked failed and will be replaced")
-    _study(setup, 0).set_user_attr("metric", metric)
+    _study(setup, 0).set_user_attr("metric", setup.metric)
     done = sum(counted(t) for t in study_trials(setup))
     if done < trials:
         log(f"sweep: {done} of {trials} trials done; running {trials - done} ({jobs} job(s), "
-            f"{setup.threads} thread(s) each) → {out}")
+            f"{setup.threads} thread(s) each) → {setup.output}")
         _run_workers(setup, trials - done, jobs, timeout)
     return summarize(setup)
 

@@ -114,9 +114,9 @@ def strategies_section(run: RunFiles) -> str:
     s = run.summary
     if not s:
         return ""
-    speed = [(k.replace("_", " "), s.get(k)) for k in ("precision", "threads", "samples_per_second", "tokens_per_second",
-                                     "gflops_per_second", "eval_seconds", "peak_rss_mb", "rss_at_train_start_mb",
-                                     "lr") if s.get(k) is not None]
+    keys = ("precision", "threads", "samples_per_second", "tokens_per_second", "gflops_per_second", "eval_seconds",
+            "peak_rss_mb", "rss_at_train_start_mb", "lr")
+    speed = [(k.replace("_", " "), s.get(k)) for k in keys if s.get(k) is not None]
     params = s.get("params") or {}
     speed += [(f"parameters {k}", v) for k, v in params.items()]
     strategies = [(k.replace("_", " "), v) for k, v in (s.get("strategies") or {}).items()]

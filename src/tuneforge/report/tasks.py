@@ -110,8 +110,9 @@ def ner_section(run: RunFiles) -> str:
                 for k, v in per_type.items()]
         chart = F.hbars(names, {m: [per_type[n][m] for n in names] for m in ("precision", "recall", "f1")},
                         "entity-level scores per type (seqeval)", "score", xlim=(0, 1.05))
-        parts.append('<div class="row">' + figure(chart, "per-entity-type scores")
-                     + f"<div>{subsection('Per entity type', table(['type', 'precision', 'recall', 'F1', 'support'], rows))}</div></div>")
+        scores = table(["type", "precision", "recall", "F1", "support"], rows)
+        parts.append(f'<div class="row">{figure(chart, "per-entity-type scores")}'
+                     f'<div>{subsection("Per entity type", scores)}</div></div>')
     if run.predictions:
         pairs = A.confused_tags(run.predictions)
         tags = run.labels or sorted({t for r in run.predictions for t in r["target"]})
@@ -134,7 +135,8 @@ def _entity_line(words: list[str], spans: list[tuple], other: set, types: dict[s
             k, s, e = starts[i]
             miss = " miss" if (k, s, e) not in other else ""
             text = esc(" ".join(words[s:e + 1]))
-            out.append(f'<span class="ent t{types.setdefault(k, len(types)) % 8}{miss}">{text}<sub>{esc(k)}</sub></span>')
+            colour = types.setdefault(k, len(types)) % 8
+            out.append(f'<span class="ent t{colour}{miss}">{text}<sub>{esc(k)}</sub></span>')
             i = e + 1
         else:
             out.append(esc(words[i]))
@@ -148,8 +150,10 @@ def ner_mistakes(run: RunFiles) -> str:
     for m in A.ner_mistakes(run.predictions, MISTAKES):
         gold = {tuple(g) for g in m["gold"]}
         pred = [(k, s, e) for k, s, e, _ in m["predicted"]]
-        lines = (f'<div class="sentence"><span class="lbl">true</span>{_entity_line(m["words"], sorted(gold, key=lambda t: t[1]), set(pred), types)}</div>'
-                 f'<div class="sentence"><span class="lbl">predicted</span>{_entity_line(m["words"], pred, gold, types)}</div>')
+        true_line = _entity_line(m["words"], sorted(gold, key=lambda t: t[1]), set(pred), types)
+        pred_line = _entity_line(m["words"], pred, gold, types)
+        lines = (f'<div class="sentence"><span class="lbl">true</span>{true_line}</div>'
+                 f'<div class="sentence"><span class="lbl">predicted</span>{pred_line}</div>')
         rows.append([lines, fmt(m["wrong_words"]), fmt(m["confidence"]) if m["confidence"] else "missed only"])
     if not rows:
         return ""
@@ -174,8 +178,8 @@ def regression_mistakes(run: RunFiles) -> str:
     if worst and all(is_image(m["input"]) for m in worst):
         return gallery([(m["input"], [f"true {fmt(m['gold'])} · predicted {fmt(m['predicted'])}",
                                       f'error <span class="wrong">{m["error"]:+.4g}</span>']) for m in worst])
-    rows = [[render_input(m["input"]), fmt(m["gold"]), fmt(m["predicted"]), f'<span class="wrong">{m["error"]:+.4g}</span>']
-            for m in worst]
+    rows = [[render_input(m["input"]), fmt(m["gold"]), fmt(m["predicted"]),
+             f'<span class="wrong">{m["error"]:+.4g}</span>'] for m in worst]
     return table(["input", "true", "predicted", "error"], rows, "mistakes") if rows else ""
 
 
@@ -189,8 +193,8 @@ def multilabel_section(run: RunFiles) -> str:
                     mark_label="threshold")
     rows = [[esc(n), fmt(m["precision"]), fmt(m["recall"]), fmt(m["f1"]), fmt(m["support"]), fmt(m.get("threshold"))]
             for n, m in per_class.items()]
-    body = ('<div class="row">' + figure(chart, "F1 per label")
-            + f"<div>{subsection('Per label', table(['label', 'precision', 'recall', 'F1', 'support', 'threshold'], rows))}</div></div>")
+    scores = table(["label", "precision", "recall", "F1", "support", "threshold"], rows)
+    body = f'<div class="row">{figure(chart, "F1 per label")}<div>{subsection("Per label", scores)}</div></div>'
     return section("task", "Where the model errs", body, "thresholds were tuned on validation and saved with the model")
 
 
