@@ -167,7 +167,7 @@ def text_recipe(tiny_bert_dir, text_data_dir):
             "train": {"lr": 3e-3, "max_steps": 60, "batch_size": 16, "precision": "fp32", "threads": THREADS,
                       "seed": 0, "schedule": "constant"},
             "eval": {"every_steps": 20},
-            "output": {"progress": False},
+            "output": {"progress": False, "report": False},
         }
         return _merge(base, updates)
 
@@ -188,7 +188,7 @@ def image_recipe(image_data_dir):
             "train": {"lr": 3e-3, "max_steps": 15, "batch_size": 8, "precision": "fp32",
                       "threads": THREADS, "seed": 0, "schedule": "constant"},
             "eval": {"every_steps": 5},
-            "output": {"progress": False},
+            "output": {"progress": False, "report": False},
         }
         return _merge(base, updates)
 

@@ -134,6 +134,6 @@ def test_golden_token_classification(tmp_path, cold_cache):
               "data": {"dir": str(data_dir), "max_length": 6},
               "train": {"lr": 3e-3, "max_steps": 40, "batch_size": 16, "precision": "fp32", "threads": 1,
                         "schedule": "constant", "seed": 0},
-              "eval": {"every_steps": 20}, "output": {"progress": False}}
+              "eval": {"every_steps": 20}, "output": {"progress": False, "report": False}}
     run = tuneforge.train(recipe, output=str(tmp_path / "run"), quiet=True)
     check("token_classification", run.run_dir)

@@ -40,7 +40,7 @@ def test_minilm_learns_sst2_slice(tmp_path, threads):
         # Over seeds 0-2 this scores 0.75-0.78 in ~17 s on one core.
         "train": {"lr": 2e-4, "epochs": 1, "batch_size": 32, "warmup_ratio": 0.06, "precision": "fp32",
                   "threads": threads, "seed": 0},
-        "output": {"progress": False},
+        "output": {"progress": False, "report": False},
     }
     t0 = time.perf_counter()
     run = tuneforge.train(recipe, output=str(tmp_path / "sst2"), quiet=True)

@@ -51,7 +51,7 @@ def recipe(model_dir, data_dir, **task) -> dict:
             "data": {"dir": str(data_dir), "label_column": "tags", "max_length": 24},
             "train": {"lr": 3e-3, "max_steps": 300, "batch_size": 16, "precision": "fp32", "threads": THREADS,
                       "seed": 0, "schedule": "constant"},
-            "eval": {"every_steps": 100}, "output": {"progress": False}}
+            "eval": {"every_steps": 100}, "output": {"progress": False, "report": False}}
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_image_multilabel(tmp_path, timm_weights_file):
                                          "weights": str(timm_weights_file)},
          "data": {"dir": str(tmp_path), "image_size": 32},
          "train": {"lr": 3e-3, "max_steps": 6, "batch_size": 8, "precision": "fp32", "threads": THREADS},
-         "output": {"progress": False}}
+         "output": {"progress": False, "report": False}}
     run = tuneforge.train(r, output=str(tmp_path / "run"), quiet=True)
     assert set(run.metrics["per_class"]) == {"blue", "cold", "red", "warm"}
     out = Predictor(run.run_dir, log=quiet).predict([str(tmp_path / "val1.png")])

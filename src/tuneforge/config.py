@@ -239,6 +239,11 @@ class OutputConfig(_Section):
     name: Optional[str] = None
     keep_checkpoints: int = Field(1, ge=0)  # most recent periodic checkpoints kept (the best is always kept)
     progress: bool = True
+    # experiment trackers (tuneforge.trackers): jsonl is metrics.jsonl and always on; tensorboard writes
+    # RUN/tensorboard, mlflow logs to mlflow_uri (default: sqlite:///RUN/mlflow.db)
+    loggers: list[Literal["jsonl", "tensorboard", "mlflow"]] = ["jsonl"]
+    mlflow_uri: Optional[str] = None
+    report: bool = True  # write report.html (curves, per-task charts, worst mistakes) at the end of the run
 
 
 class Config(_Section):

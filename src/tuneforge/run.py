@@ -37,6 +37,7 @@ from tuneforge.models import MODEL_SOURCES, create_model, resolve_source, save_m
 from tuneforge.models.base import write_json
 from tuneforge.tasks import Task, create_task
 from tuneforge.tasks.base import Built
+from tuneforge.trackers import create_trackers, require_packages
 from tuneforge.utils import (RunLog, console, count_params, peak_rss_mb, resolve_precision, rss_mb,
                              seed_everything, set_threads)
 
@@ -93,6 +94,7 @@ class Training:
     rss_at_start: float
     metric: str
     mode: str
+    trackers: list  # TensorBoard / MLflow (output.loggers): callbacks in every phase, told when the run ends
 
 
 def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | None = None, *,
@@ -121,6 +123,7 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
             final, test = finish(setup, training, state, log)
             summary = build_summary(setup, training, state, final, test)
             write_summary(folder.path, summary, log)
+            publish_run(setup, training, summary, log)
             return RunResult(folder.path, final, summary)
 
 
@@ -161,6 +164,7 @@ def prepare(cfg: Config, log) -> Setup:
     threads = set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     task = create_task(cfg, log)
+    require_packages(cfg.output.loggers)
     modality = MODEL_SOURCES.get(resolve_source(cfg.model)[0]).modality
     train_ex, val_ex, test_ex = task.read_examples(modality)
     task.fit_labels(train_ex, val_ex)
@@ -242,8 +246,9 @@ def prepare_training(setup: Setup, folder: RunFolder, log) -> Training:
     metric = cfg.eval.metric or setup.task.default_metric
     ema = WeightEMA(accelerator.unwrap_model(model), tc.ema) if tc.ema else None
     guard = NanGuard(tc.nan_policy, tc.nan_lr_factor, check_grads=accelerator.scaler is None, log=log)
+    trackers = create_trackers(cfg, folder.path, setup.bundle, setup.task.labels, resumed=not folder.created)
     return Training(folder, lr, plan_phases(tc, lr), StateRestorer(folder, log), guard, ema, model, params,
-                    rss_at_start, metric, setup.task.metric_mode(metric))
+                    rss_at_start, metric, setup.task.metric_mode(metric), trackers)
 
 
 # ---------------------------------------------------------------- 3. phases
@@ -274,7 +279,7 @@ def build_phase(setup: Setup, training: Training, phase: Phase, index: int, stat
     checkpointer = Checkpointer(training.folder.path, cfg.output.keep_checkpoints, snapshot,
                                 ema.weights if ema else None)
     callbacks = ([ema] if ema else []) + [MetricsLogger(training.folder.path, log), stopper, *extra_callbacks,
-                                          checkpointer]  # the checkpointer last: it saves the others' state
+                                          *training.trackers, checkpointer]  # last: it saves the others' state
     callbacks += [chaos.ChaosPoints()] if chaos.enabled() else []
     callbacks += [ProgressBar(console)] if cfg.output.progress and not quiet else []
     training.restorer.restore(snapshot, state)
@@ -383,6 +388,17 @@ def write_summary(run_dir: Path, summary: dict, log) -> None:
     shown = " ".join(f"{k} {v:.4f}" for k, v in scalars(summary["eval"]).items() if k != "samples")
     log(f"done: {shown}; {summary['train_seconds']:.1f}s, {summary['samples_per_second']:.1f} samples/s, "
         f"peak RSS {summary['peak_rss_mb']:.0f} MB → {run_dir}")
+
+
+def publish_run(setup: Setup, training: Training, summary: dict, log) -> None:
+    """After summary.json: report.html (output.report), then the trackers' end of run (MLflow artifacts)."""
+    run_dir = training.folder.path
+    if setup.cfg.output.report:
+        from tuneforge.report import build_report
+
+        log(f"report: {build_report([run_dir])}")
+    for tracker in training.trackers:
+        tracker.on_run_end(summary)
 
 
 def throughput(state: LoopState, bundle) -> dict:

@@ -117,6 +117,11 @@ class Task:
         the examples have no labels (predict). A label outside what training learned is a DataError."""
         raise NotImplementedError
 
+    def gold_labels(self, ex: Examples) -> list:
+        """The labels in the form predictions name them (class names, values, label lists, tag lists): what
+        reports compare `predict` outputs with."""
+        raise NotImplementedError
+
     def head_spec(self) -> HeadSpec:
         raise NotImplementedError
 

@@ -74,6 +74,9 @@ class Classification(RowTask):
             out.append(index[key])
         return out
 
+    def gold_labels(self, ex: Examples) -> list:
+        return [self.labels[i] for i in self.encode_labels(ex)]
+
     def head_spec(self) -> HeadSpec:
         return HeadSpec(len(self.labels), list(self.labels), "sequence", "single_label_classification")
 

@@ -85,6 +85,9 @@ class MultiLabel(RowTask):
             out.append(row)
         return out
 
+    def gold_labels(self, ex: Examples) -> list:
+        return self.label_sets(ex)
+
     def head_spec(self) -> HeadSpec:
         return HeadSpec(len(self.labels), list(self.labels), "sequence", "multi_label_classification")
 

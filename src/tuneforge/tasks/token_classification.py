@@ -74,6 +74,9 @@ class TokenClassification(Task):
             out.append([index[t] for t in tags])
         return out
 
+    def gold_labels(self, ex: Examples) -> list:
+        return [list(tags) for tags in ex.labels]
+
     def head_spec(self) -> HeadSpec:
         return HeadSpec(len(self.labels), list(self.labels), "token", None)
 
