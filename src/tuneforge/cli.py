@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("resume", help="continue an interrupted run from its latest checkpoint")
     r.add_argument("run_dir")
+    r.add_argument("--accept-changes", action="store_true",
+                   help="continue although threads, precision or library versions changed (not bit-identical)")
+    r.add_argument("--trust-remote-code", action="store_true",
+                   help="the run's config.yaml sets model.trust_remote_code: run the model folder's code")
     r.add_argument("--quiet", action="store_true")
 
     lf = sub.add_parser("lr-find", help="LR range test: plot loss against LR and suggest a learning rate")
@@ -38,11 +42,13 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a trained run on labelled data")
     e.add_argument("run_dir")
+    _add_loading_options(e)
     e.add_argument("--data", required=True, help="a labelled file or image folder, like the validation data")
     e.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
 
     pr = sub.add_parser("predict", help="predict with a trained run; writes JSON lines")
     pr.add_argument("run_dir")
+    _add_loading_options(pr)
     g = pr.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", action="append", help="a text to classify (repeatable)")
     g.add_argument("--image", action="append", help="an image file (repeatable)")
@@ -74,6 +80,13 @@ def _add_observe_commands(sub) -> None:
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
+def _add_loading_options(p) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="read the input files differently, e.g. --set data.text_column=review (data.* keys only)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="load a model trained with model.trust_remote_code (runs code from its folder)")
+
+
 def _print_result(result) -> None:
     print(json.dumps({"run_dir": str(result.run_dir), "metric": result.summary["metric"],
                       **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}))
@@ -89,7 +102,8 @@ def _cmd_train(a) -> None:
 def _cmd_resume(a) -> None:
     from tuneforge.run import resume
 
-    _print_result(resume(a.run_dir, quiet=a.quiet))
+    _print_result(resume(a.run_dir, quiet=a.quiet, accept_changes=a.accept_changes,
+                         trust_remote_code=a.trust_remote_code))
 
 
 def _predictor(a):
@@ -97,7 +111,8 @@ def _predictor(a):
 
     if a.batch_size is not None and a.batch_size < 1:
         raise TuneforgeError(f"--batch-size must be at least 1 (got {a.batch_size})")
-    return Predictor(a.run_dir, batch_size=a.batch_size)
+    return Predictor(a.run_dir, batch_size=a.batch_size, data_overrides=a.overrides,
+                     trust_remote_code=a.trust_remote_code)
 
 
 @contextmanager

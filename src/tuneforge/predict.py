@@ -1,17 +1,18 @@
 """Load a run folder's model/ and evaluate or predict with exactly the preprocessing used in training."""
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
-from tuneforge.config import validate
+from tuneforge.config import apply_overrides, parse_override, validate
 from tuneforge.data.examples import Examples
 from tuneforge.data.images import image_files
 from tuneforge.data.sources import FILE_READERS
 from tuneforge.engine.device import make_accelerator
 from tuneforge.engine.loop import evaluate, forward, make_loader
-from tuneforge.errors import DataError
+from tuneforge.errors import ConfigError, DataError
 from tuneforge.models import load_saved_model
 from tuneforge.tasks import task_from_saved
 
@@ -21,9 +22,12 @@ def _stderr(*args, **kwargs) -> None:
 
 
 class Predictor:
-    def __init__(self, run_dir: str | Path, log=None, batch_size: Optional[int] = None):
-        self.bundle, meta = load_saved_model(run_dir)
-        self.cfg = validate(meta["config"], f"{run_dir} (saved config)")
+    """`data_overrides`: `data.*` keys (`["data.text_column=review"]`) for reading other files than training's."""
+
+    def __init__(self, run_dir: str | Path, log=None, batch_size: Optional[int] = None,
+                 data_overrides: Sequence[str] = (), trust_remote_code: bool = False):
+        self.bundle, meta = load_saved_model(run_dir, trust_remote_code)
+        self.cfg = validate(_with_data_overrides(meta["config"], data_overrides), f"{run_dir} (saved config)")
         log = log or _stderr  # stdout carries the JSON results of eval / predict
         self.task = task_from_saved(self.cfg, meta["task_state"], log)
         if self.cfg.train.channels_last:
@@ -72,6 +76,15 @@ class Predictor:
             return items
         return FILE_READERS.get(self.task.file_reader or self.modality)(p, self.cfg.data, self.log,
                                                                         need_label=False).inputs
+
+
+def _with_data_overrides(config: dict, overrides: Sequence[str]) -> dict:
+    parsed = [parse_override(o) for o in overrides]
+    for path, _ in parsed:
+        if path[0] != "data":
+            raise ConfigError(f"--set {'.'.join(path)}: eval and predict take data.* keys only (e.g. "
+                              "data.text_column=review); the model's other settings are fixed by training")
+    return apply_overrides(copy.deepcopy(config), list(overrides)) if parsed else config
 
 
 def _looks_like_conll(path: Path) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tuneforge.config import Config, load_config, to_yaml
-from tuneforge.data.report import build_report, describe
+from tuneforge.data.report import build_report, describe, fingerprint
 from tuneforge.engine import chaos
 from tuneforge.engine.callbacks import Callback, CallbackList, EarlyStopping, MetricsLogger, ProgressBar
 from tuneforge.engine.checkpoint import Checkpointer, atomic_write_text, best_path, load_weights_into, publish_dir
@@ -27,7 +27,7 @@ from tuneforge.engine.loop import MATH_ATTENTION_BELOW, Components, evaluate, ev
     steps_per_epoch
 from tuneforge.engine.optim import create_optimizer, create_scheduler, total_steps
 from tuneforge.engine.restore import StateRestorer
-from tuneforge.engine.run_folder import RunFolder, open_run_folder
+from tuneforge.engine.run_folder import RunFolder, check_run_record, environment, open_run_folder
 from tuneforge.engine.snapshot import TrainingSnapshot
 from tuneforge.engine.state import LoopState
 from tuneforge.engine.trainable import Phase, check_trainable, head_names, merge_lora, plan_phases, prepare_trainable
@@ -69,6 +69,7 @@ class Setup:
     threads: int
     train_ex: Any
     val_ex: Any
+    test_ex: Any
     report: dict
     train_built: Built
     val_built: Built
@@ -99,8 +100,9 @@ class Training:
 
 def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | None = None, *,
           output: Optional[str] = None, overwrite: bool = False, resume: bool = False, quiet: bool = False,
-          callbacks: tuple[Callback, ...] = ()) -> RunResult:
-    """resume=True continues the run in the output folder from its latest checkpoint (or starts it).
+          callbacks: tuple[Callback, ...] = (), accept_changes: bool = False) -> RunResult:
+    """resume=True continues the run in the output folder from its latest checkpoint (or starts it);
+    accept_changes=True lets it continue although threads, precision or library versions changed.
     `callbacks` are added to every phase's callbacks (before the checkpointer, which saves their effect)."""
     log, state = RunLog(quiet), LoopState()
     cfg = load_config(recipe, overrides)
@@ -110,7 +112,7 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
             if folder.finished:
                 log(f"{folder.path} already finished (summary.json); nothing to resume")
                 return RunResult.read(folder.path)
-            record_start(setup, folder, log)
+            record_start(setup, folder, accept_changes, log)
             training = prepare_training(setup, folder, log)
             folder.keep()  # training starts: from here on the folder is the user's record, never removed
             for index, phase in enumerate(training.phases):
@@ -127,12 +129,18 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
             return RunResult(folder.path, final, summary)
 
 
-def resume(run_dir: str | Path, quiet: bool = False) -> RunResult:
-    """Continue a run from its latest complete checkpoint, with the config it was started with."""
+def resume(run_dir: str | Path, quiet: bool = False, accept_changes: bool = False,
+           trust_remote_code: bool = False) -> RunResult:
+    """Continue a run from its latest complete checkpoint, with the config it was started with. A run folder's
+    config.yaml can ask for remote code: that runs only with trust_remote_code."""
     path = Path(run_dir).expanduser()
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"cannot resume '{path}': not a tuneforge run folder (no config.yaml)")
-    return train(path / "config.yaml", output=str(path), resume=True, quiet=quiet)
+    cfg = load_config(path / "config.yaml")
+    if cfg.model.trust_remote_code and not trust_remote_code:
+        raise ConfigError(f"{path / 'config.yaml'} sets model.trust_remote_code: true (resuming runs code from the "
+                          "model folder); pass --trust-remote-code if you trust this run folder")
+    return train(path / "config.yaml", output=str(path), resume=True, quiet=quiet, accept_changes=accept_changes)
 
 
 @contextmanager
@@ -188,8 +196,8 @@ def prepare(cfg: Config, log) -> Setup:
     tc, data = cfg.train, cfg.data
     train_loader = make_loader(built["train"], tc.batch_size, True, tc.seed, data.num_workers, data.group_by_length)
     val_loader = make_loader(built["val"], cfg.eval_batch_size, False, tc.seed, data.num_workers)
-    return Setup(cfg, task, bundle, accelerator, precision, threads, train_ex, val_ex, report, built["train"],
-                 built["val"], built.get("test"), train_loader, val_loader, speed, checkpointing)
+    return Setup(cfg, task, bundle, accelerator, precision, threads, train_ex, val_ex, test_ex, report,
+                 built["train"], built["val"], built.get("test"), train_loader, val_loader, speed, checkpointing)
 
 
 def use_speed_features(bundle, cfg: Config, log) -> dict:
@@ -221,10 +229,15 @@ def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = Non
 # ---------------------------------------------------------------- 2. the run folder and the run-wide pieces
 
 
-def record_start(setup: Setup, folder: RunFolder, log) -> None:
+def record_start(setup: Setup, folder: RunFolder, accept_changes: bool, log) -> None:
+    """train.log, config.yaml, data_report.json; run.json (data fingerprint, environment), checked on resume."""
     log.attach(folder.path / "train.log", append=not folder.created)
     if folder.created:
         atomic_write_text(folder.path / "config.yaml", to_yaml(setup.cfg))
+    data = dict(setup.report["fingerprint"])
+    if setup.test_ex is not None:
+        data["test"] = fingerprint(setup.test_ex, [repr(x) for x in setup.test_ex.inputs], "text")
+    check_run_record(folder, data, environment(setup.precision, setup.threads), accept_changes, log)
     write_json(folder.path / "data_report.json", setup.report)
 
 

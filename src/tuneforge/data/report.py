@@ -15,7 +15,7 @@ def _digest(x, modality: str) -> str:
         return hashlib.sha1(x.tobytes()).hexdigest()
     if modality == "text":
         text = " ".join(x) if isinstance(x, (tuple, list)) else str(x)
-        return hashlib.sha1(text.strip().lower().encode()).hexdigest()
+        return hashlib.sha1(text.strip().lower().encode("utf-8", "surrogatepass")).hexdigest()
     try:  # an image path: hash the file content, so copies under other names are found too
         with open(x, "rb") as f:
             return hashlib.sha1(f.read()).hexdigest()
@@ -52,6 +52,15 @@ def _sizes(ex: Examples, modality: str) -> dict:
     return {"image_width": _percentiles(widths), "image_height": _percentiles(heights)}
 
 
+def fingerprint(ex: Examples, keys: list[str], modality: str) -> dict:
+    """Row count + a hash of every example (exact text, or the file content digests `keys`) and its label."""
+    h = hashlib.sha256()
+    for x, key, label in zip(ex.inputs, keys, ex.labels if ex.labels is not None else [None] * len(ex)):
+        item = repr(x) if modality == "text" else key
+        h.update(f"{item}\x00{label!r}\x01".encode("utf-8", "surrogatepass"))
+    return {"rows": len(ex), "sha256": h.hexdigest()}
+
+
 def build_report(train: Examples, val: Examples, modality: str, class_counts: Optional[dict]) -> dict:
     train_keys = [_digest(x, modality) for x in train.inputs]
     val_keys = [_digest(x, modality) for x in val.inputs]
@@ -60,7 +69,9 @@ def build_report(train: Examples, val: Examples, modality: str, class_counts: Op
     train_set = set(train_keys)
     leaked = sum(1 for k in val_keys if k in train_set)
     report = {"train_examples": len(train), "val_examples": len(val),
-              "train_duplicates": dup_rows, "val_in_train": leaked, **_sizes(train, modality)}
+              "train_duplicates": dup_rows, "val_in_train": leaked, **_sizes(train, modality),
+              "fingerprint": {"train": fingerprint(train, train_keys, modality),
+                              "val": fingerprint(val, val_keys, modality)}}
     if class_counts is not None:
         nonzero = [c for c in class_counts.values() if c > 0]
         report["class_counts"] = class_counts

@@ -81,9 +81,11 @@ def read_text_table(path: Path, dcfg, log=print, need_label: bool = True) -> Exa
     pairs = [_clean_text(v) for v in df[pair_col].tolist()] if pair_col else None
     where = [f"{path} line {n}" for n in df["_line"].tolist()]
     labels = df[dcfg.label_column].tolist() if need_label else None
+    broken = df["_bad"].tolist() if "_bad" in df.columns else [None] * len(df)
     keep, skipped = [], []
     for i, t in enumerate(texts):
         msg = _text_problem(t, pairs[i] if pairs is not None else None, where[i], text_col, pair_col)
+        msg = broken[i] if isinstance(broken[i], str) else msg
         if msg is None:
             keep.append(i)
             continue

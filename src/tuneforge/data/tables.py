@@ -75,8 +75,19 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
             if not isinstance(row, dict):
                 raise DataError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
             row["_line"] = n
-            rows.append(row)
+            rows.append(_mark_broken_text(row, f"{path} line {n}"))
     return pd.DataFrame(rows)
+
+
+def _mark_broken_text(row: dict, where: str) -> dict:
+    """JSON can hold a lone UTF-16 surrogate (a broken emoji in scraped text), which no tokenizer, hash or table
+    takes: such a value is kept escaped and the row gets a `_bad` message (an error, or a skip, for the reader)."""
+    for key, value in list(row.items()):
+        problem = check_text(value, where, key) if isinstance(value, str) else None
+        if problem:
+            row[key] = value.encode("utf-8", "backslashreplace").decode("utf-8")
+            row["_bad"] = row.get("_bad") or problem
+    return row
 
 
 def read_table(path: str | Path, sep: Optional[str] = None) -> pd.DataFrame:
@@ -109,13 +120,13 @@ def read_table(path: str | Path, sep: Optional[str] = None) -> pd.DataFrame:
 
 
 def require_columns(df: pd.DataFrame, path, columns: list[str], key_hint: dict[str, str]) -> None:
-    have = [c for c in df.columns if c != "_line"]
+    have = [c for c in df.columns if c not in ("_line", "_bad")]
     for col in columns:
         if col not in df.columns:
             key = key_hint.get(col, "")
             error = MissingLabelsError if key == "data.label_column" else DataError
-            raise error(f"{path}: no column '{col}' (columns: {', '.join(map(str, have))}); "
-                        f"set {key} to one of them" if key else f"{path}: no column '{col}'")
+            raise error(f"{path}: no column '{col}' (columns: {', '.join(map(str, have))}); set {key} to one of "
+                        f"them (recipe key, or --set {key}=NAME)" if key else f"{path}: no column '{col}'")
 
 
 def guess_text_columns(df: pd.DataFrame, text: Optional[str], pair: Optional[str]) -> tuple[str, Optional[str]]:
@@ -129,7 +140,7 @@ def guess_text_columns(df: pd.DataFrame, text: Optional[str], pair: Optional[str
         if name in cols:
             return name, pair
     raise DataError(f"cannot tell which column holds the text (columns: "
-                    f"{', '.join(str(c) for c in df.columns if c != '_line')}); set data.text_column")
+                    f"{', '.join(str(c) for c in df.columns if c not in ('_line', '_bad'))}); set data.text_column")
 
 
 def check_text(text: str, where: str, column: str) -> Optional[str]:

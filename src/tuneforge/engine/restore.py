@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from tuneforge.engine.checkpoint import CheckpointError, atomic_write_text, latest_checkpoint, read_checkpoint
+from tuneforge.engine.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint
 from tuneforge.engine.run_folder import RunFolder
 from tuneforge.engine.snapshot import TrainingSnapshot
 from tuneforge.engine.state import LoopState
+from tuneforge.utils import atomic_write_text
 
 
 def truncate_history(run_dir: Path, evaluations: int) -> None:
@@ -42,7 +43,12 @@ class StateRestorer:
         """Call once per phase right before `fit` (restoring sets the RNG): resumes into the checkpoint's phase."""
         if self.loaded is None or snapshot.phase != self.phase:
             return
-        snapshot.restore(state, *self.loaded)
+        try:
+            snapshot.restore(state, *self.loaded)
+        except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise CheckpointError(f"checkpoint '{self.source}' does not fit this run ({reason}); resume it with the "
+                                  "recipe and data it was written with, or start over with --overwrite") from None
         self.loaded = None
         truncate_history(self.run_dir, len(state.history))
         state.stop_at_step_limit()  # the loop checks this right after the evaluation the checkpoint was written in

@@ -9,6 +9,7 @@ deleting what the user owns.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ import yaml
 
 from tuneforge.engine.checkpoint import clean_partial, list_checkpoints
 from tuneforge.errors import ConfigError
+from tuneforge.utils import atomic_write_text
 
 IGNORED_ON_RESUME = ("output",)  # config sections that may differ between a run and its resume
 LOCK_FILE = ".lock"
@@ -192,3 +194,56 @@ def open_run_folder(cfg, output: Optional[str], overwrite: bool, resume: bool, p
         os.close(fd)
         raise
     return RunFolder(run_dir, created=not busy or overwrite, lock_fd=fd, log=log)
+
+
+# ---------------------------------------------------------------- what a run was started with (run.json)
+
+RUN_RECORD = "run.json"
+
+
+def environment(precision: str, threads: int) -> dict:
+    """What bit-identical resume needs besides the data: the resolved precision, the threads and the libraries."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("tuneforge", "torch", "transformers", "timm", "peft", "accelerate"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return {"precision": precision, "threads": threads, "versions": versions}
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(saved.keys() | now.keys()):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key} ")
+        elif a != b:
+            out.append(f"{prefix}{key} {a} -> {b}" if not str(key) == "sha256" else f"{prefix}content")
+    return out
+
+
+def check_run_record(folder: RunFolder, data: dict, env: dict, accept_changes: bool, log=print) -> None:
+    """A new run records its data fingerprint and environment; a resumed one must match them (the environment
+    may differ with `accept_changes`: training continues, but is no longer bit-identical)."""
+    path = folder.path / RUN_RECORD
+    if folder.created or not path.is_file():
+        atomic_write_text(path, json.dumps({"data": data, "environment": env}, indent=1) + "\n")
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot resume '{folder.path}': {RUN_RECORD} is unreadable ({str(e)[:80]})") from None
+    changed = _differences(saved.get("data", {}), data)
+    if changed:
+        raise ConfigError(f"cannot resume '{folder.path}': its data changed since the run started "
+                          f"({'; '.join(changed[:4])}); restore the data, or start over with --overwrite")
+    changed = _differences(saved.get("environment", {}), env)
+    if changed and not accept_changes:
+        raise ConfigError(f"cannot resume '{folder.path}' bit-identically: {'; '.join(changed[:4])} changed; pass "
+                          "--accept-changes to continue anyway")
+    if changed:
+        log(f"resume: continuing although {'; '.join(changed[:4])} changed (--accept-changes)")

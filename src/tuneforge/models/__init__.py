@@ -80,7 +80,9 @@ def save_model(bundle: ModelBundle, out_dir: Path, extra_meta: dict) -> None:
     write_json(out_dir / META_FILE, {**bundle.meta(), **extra_meta})
 
 
-def load_saved_model(model_dir: str | Path) -> tuple[ModelBundle, dict]:
+def load_saved_model(model_dir: str | Path, trust_remote_code: bool = False) -> tuple[ModelBundle, dict]:
+    """A saved model/ folder (or a run folder) and its tuneforge.json. A model trained with
+    model.trust_remote_code runs code from its folder when loaded: only with `trust_remote_code`."""
     d = Path(model_dir)
     if (d / "model" / META_FILE).is_file():  # a run folder
         d = d / "model"
@@ -91,8 +93,11 @@ def load_saved_model(model_dir: str | Path) -> tuple[ModelBundle, dict]:
         meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelError(f"'{d / META_FILE}' is not valid JSON ({str(e)[:80]}); re-copy the model folder") from None
+    if meta.get("config", {}).get("model", {}).get("trust_remote_code") and not trust_remote_code:
+        raise ModelError(f"model folder '{d}' was trained with model.trust_remote_code: true, so loading it runs "
+                         "code from that folder; pass --trust-remote-code if you trust it")
     try:
-        return MODEL_SOURCES.get(meta["source"]).load_saved(d, meta), meta
+        return MODEL_SOURCES.get(meta["source"]).load_saved(d, meta, trust_remote_code=trust_remote_code), meta
     except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
         weights = next((f.name for f in sorted(d.glob("*.safetensors"))), "its weights")
         reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__

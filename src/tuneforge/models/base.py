@@ -69,7 +69,7 @@ class ModelBundle:
 
 
 # A model source: `load(cfg: ModelConfig, head: HeadSpec) -> ModelBundle` and
-# `load_saved(model_dir: Path, meta: dict) -> ModelBundle`.
+# `load_saved(model_dir: Path, meta: dict, trust_remote_code: bool = False) -> ModelBundle`.
 MODEL_SOURCES: Registry[Any] = Registry("model source")
 # An alias: a short name → (source name, ModelConfig updates). Adding a packaged model is one entry.
 MODEL_ALIASES: Registry[Any] = Registry("model alias")

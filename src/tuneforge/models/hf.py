@@ -169,10 +169,11 @@ class HFSource:
                         tokenizer=tokenizer, new_params=new)
 
     @staticmethod
-    def load_saved(model_dir: Path, meta: dict) -> ModelBundle:
+    def load_saved(model_dir: Path, meta: dict, trust_remote_code: bool = False) -> ModelBundle:
         head = HeadSpec(**meta["head"])
-        model = _auto_class(head).from_pretrained(str(model_dir), local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        common = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+        model = _auto_class(head).from_pretrained(str(model_dir), **common)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), **common)
         bundle = HFBundle(model=model, modality="text", source="hf", name=meta["name"], head=head,
                           tokenizer=tokenizer)
         if meta.get("first_token_shortcut"):

@@ -67,11 +67,12 @@ class SiameseBundle(ModelBundle):
         self.tokenizer.save_pretrained(out_dir)
 
 
-def pair_features(tokenizer, texts: list[str], pairs: list[str], max_length: int, pad_multiple: int = 1):
+def pair_features(tokenizer, texts: list[str], pairs: list[str], max_length: int, pad_multiple: int = 1,
+                  log=print):
     """Both sides tokenized alone (each at most max_length tokens); the second side's features are prefixed with
     pair_."""
-    a = tokenize_texts(tokenizer, texts, None, max_length)
-    b = tokenize_texts(tokenizer, pairs, None, max_length)
+    a = tokenize_texts(tokenizer, texts, None, max_length, log)
+    b = tokenize_texts(tokenizer, pairs, None, max_length, log)
     features = {**a, **{f"pair_{k}": v for k, v in b.items()}}
     lengths = [max(len(x), len(y)) for x, y in zip(a["input_ids"], b["input_ids"])]
     pad = {**PAIR_PAD, "pair_input_ids": tokenizer.pad_token_id}
@@ -95,13 +96,14 @@ class HFSiameseSource:
                              tokenizer=base.tokenizer, new_params=["head.weight", "head.bias"])
 
     @staticmethod
-    def load_saved(model_dir: Path, meta: dict) -> ModelBundle:
+    def load_saved(model_dir: Path, meta: dict, trust_remote_code: bool = False) -> ModelBundle:
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
         head = HeadSpec(**meta["head"])
-        model = SiamesePairModel(AutoModel.from_pretrained(str(model_dir), local_files_only=True), head.num_outputs)
+        common = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+        model = SiamesePairModel(AutoModel.from_pretrained(str(model_dir), **common), head.num_outputs)
         model.head.load_state_dict(load_file(str(model_dir / HEAD_FILE)))
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), **common)
         return SiameseBundle(model=model, modality="text", source="hf-siamese", name=meta["name"], head=head,
                              tokenizer=tokenizer)

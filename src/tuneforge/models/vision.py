@@ -123,7 +123,7 @@ class TimmSource:
                           image_cfg={**_image_cfg_from_timm(model), **(image_cfg or {})}, new_params=new)
 
     @staticmethod
-    def load_saved(model_dir: Path, meta: dict) -> ModelBundle:
+    def load_saved(model_dir: Path, meta: dict, trust_remote_code: bool = False) -> ModelBundle:
         import timm
 
         model = timm.create_model(f"local-dir:{model_dir}", pretrained=True)
@@ -166,7 +166,7 @@ class TorchvisionSource:
                                  image_cfg=image_cfg, new_params=new)
 
     @staticmethod
-    def load_saved(model_dir: Path, meta: dict) -> ModelBundle:
+    def load_saved(model_dir: Path, meta: dict, trust_remote_code: bool = False) -> ModelBundle:
         import torchvision
 
         head = HeadSpec(**meta["head"])

@@ -17,10 +17,11 @@ from tuneforge.tasks.base import Built, Task
 
 
 def build_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, cache: Optional[ImageCache],
-                 labels: Optional[list], label_dtype=torch.long, max_length: Optional[int] = None) -> Built:
+                 labels: Optional[list], label_dtype=torch.long, max_length: Optional[int] = None,
+                 log=print) -> Built:
     """Examples → Dataset for the bundle's modality (`max_length`: tokens, data.max_length if None)."""
     if bundle.modality == "text":
-        return _text_inputs(ex, bundle, cfg, train, labels, label_dtype, max_length or cfg.data.max_length)
+        return _text_inputs(ex, bundle, cfg, train, labels, label_dtype, max_length or cfg.data.max_length, log)
     size = cfg.data.image_size or bundle.image_cfg["input_size"][-1]
     aug = cfg.data.augment
     transform = build_transforms(bundle.image_cfg, size, train, aug)
@@ -29,15 +30,16 @@ def build_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, cache: Opt
     return Built(ImageDataset(ex.inputs, labels, cache, transform, label_dtype), collate)
 
 
-def _text_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, labels, label_dtype, max_length: int) -> Built:
+def _text_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, labels, label_dtype, max_length: int,
+                 log) -> Built:
     texts = [x[0] if isinstance(x, tuple) else x for x in ex.inputs]
     pairs = [x[1] for x in ex.inputs] if ex.inputs and isinstance(ex.inputs[0], tuple) else None
     if train and pairs is not None and cfg.data.pair_swap:  # both orders: the model learns a symmetric score
         texts, pairs = texts + pairs, pairs + texts
         labels = None if labels is None else list(labels) + list(labels)
     if bundle.siamese:  # model.pair_encoding: siamese
-        return _siamese_inputs(bundle, texts, pairs, cfg, labels, label_dtype, max_length)
-    features = tokenize_texts(bundle.tokenizer, texts, pairs, max_length)
+        return _siamese_inputs(bundle, texts, pairs, cfg, labels, label_dtype, max_length, log)
+    features = tokenize_texts(bundle.tokenizer, texts, pairs, max_length, log)
     if labels is not None:
         features["labels"] = labels
     lengths = [len(ids) for ids in features["input_ids"]]
@@ -46,13 +48,13 @@ def _text_inputs(ex: Examples, bundle: ModelBundle, cfg, train: bool, labels, la
     return Built(TokenizedDataset(features, lengths), collate, lengths)
 
 
-def _siamese_inputs(bundle: ModelBundle, texts, pairs, cfg, labels, label_dtype, max_length: int) -> Built:
+def _siamese_inputs(bundle: ModelBundle, texts, pairs, cfg, labels, label_dtype, max_length: int, log) -> Built:
     from tuneforge.models.siamese import pair_features
 
     if pairs is None:
         raise ConfigError("model.pair_encoding: siamese needs text pairs; set data.text_pair_column")
     features, lengths, collate = pair_features(bundle.tokenizer, texts, pairs, max_length,
-                                               cfg.data.pad_to_multiple_of)
+                                               cfg.data.pad_to_multiple_of, log)
     if labels is not None:
         features["labels"] = labels
     return Built(TokenizedDataset(features, lengths), collate(label_dtype), lengths)
@@ -87,7 +89,7 @@ class RowTask(Task):
         super().load_state(state)
         self.pairs, self.columns = state.get("pairs"), dict(state.get("columns", {}))
 
-    def prepare_images(self, ex: Examples, bundle: ModelBundle, on_bad: str) -> Examples:
+    def prepare_images(self, ex: Examples, bundle: ModelBundle, on_bad: str, log) -> Examples:
         """Decode (and check) every image once; unreadable ones are an error or, with on_bad "skip", dropped
         (Examples.dropped names each dropped input and why)."""
         if bundle.modality != "image":
@@ -96,7 +98,7 @@ class RowTask(Task):
             size = self.cfg.data.image_size or bundle.image_cfg["input_size"][-1]
             self.cache = ImageCache(int(size / bundle.image_cfg.get("crop_pct", 0.875)) + 1,
                                     self.cfg.data.cache_images_mb)
-        return self.cache.prepare(ex, on_bad, self.log)
+        return self.cache.prepare(ex, on_bad, log)
 
     def train_inputs_vary(self, bundle: ModelBundle) -> bool:
         return bundle.modality == "image" and self.cfg.data.augment.enabled  # random crops every epoch
@@ -107,13 +109,14 @@ class RowTask(Task):
 
     def build(self, ex: Examples, bundle: ModelBundle, split: str) -> Built:
         train = split == "train"
-        # predict answers every input: an unreadable one gets an error line instead of stopping the others
-        ex = self.prepare_images(ex, bundle, "skip" if split == "predict" else self.cfg.data.on_bad_sample)
+        predict = split == "predict"  # every input answered: an unreadable one gets its own error line
+        ex = self.prepare_images(ex, bundle, "skip" if predict else self.cfg.data.on_bad_sample,
+                                 (lambda *_: None) if predict else self.log)
         if bundle.modality == "text":
             self.check_arity(ex, split)
         labels = self.encode_labels(ex)
         built = build_inputs(ex, bundle, self.cfg, train, self.cache, labels, self.label_dtype,
-                             self.max_length(bundle) if bundle.modality == "text" else None)
+                             self.max_length(bundle) if bundle.modality == "text" else None, self.log)
         built.skipped, built.dropped = len(ex.skipped), ex.dropped
         if train and labels is not None:
             built.sample_weights = self.sample_weights(labels)
