@@ -14,6 +14,7 @@ from tuneforge.data.sources import FILE_READERS
 from tuneforge.engine.loop import _to_device, evaluate, make_loader
 from tuneforge.errors import DataError
 from tuneforge.models import load_saved_model
+from tuneforge.onnx_bundle import load_onnx_model
 from tuneforge.run import _accelerator
 from tuneforge.tasks import task_from_saved
 
@@ -23,8 +24,9 @@ def _stderr(*args, **kwargs) -> None:
 
 
 class Predictor:
-    def __init__(self, run_dir: str | Path, log=None, batch_size: Optional[int] = None):
-        self.bundle, meta = load_saved_model(run_dir)
+    def __init__(self, run_dir: str | Path, log=None, batch_size: Optional[int] = None, onnx: bool | str = False):
+        """onnx: True / "fp32" / "int8" runs the `tuneforge export` ONNX model in onnxruntime instead."""
+        self.bundle, meta = load_onnx_model(run_dir, onnx) if onnx else load_saved_model(run_dir)
         self.cfg = validate(meta["config"], f"{run_dir} (saved config)")
         log = log or _stderr  # stdout carries the JSON results of eval / predict
         self.task = task_from_saved(self.cfg, meta["task_state"], log)
