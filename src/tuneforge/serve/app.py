@@ -1,0 +1,168 @@
+"""The HTTP API over one Predictor (FastAPI): `POST /predict`, `GET /health`, `GET /info`, `GET /metrics`, `GET /`.
+
+`/predict` answers exactly the JSON objects `tuneforge predict` prints, one per input, in order:
+`{"predictions": [{"input": ..., "label": ..., ...}, ...]}`. It takes `{"inputs": ["text", ...]}`,
+`{"inputs": [["a", "b"], ...]}` for sentence-pair models, `{"images": ["<base64>", ...]}` or a multipart upload of
+image files. Every input is checked before it joins a batch, so a bad one is a 4xx JSON error for its own request
+(`{"error": "..."}`): 400 bad input, 413 too many items or bytes, 415 wrong content type, 504 timeout.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import json
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.serve.batcher import Batcher
+
+STATIC = Path(__file__).parent / "static"
+
+
+@dataclass
+class ServeSettings:
+    max_batch: int = 32  # items per forward pass
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
+    batching: bool = True
+    max_items: int = 64  # inputs per request
+    max_bytes: int = 16 * 2**20  # request body
+    timeout_s: float = 30.0  # per request, queueing included
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a body over max_bytes (declared or streamed) ends the request with 413 before it is
+    held in memory."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            response = _error(413, f"request body of {int(declared)} bytes is over the limit of {self.max_bytes}")
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise BodyTooLarge()
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(service, settings: ServeSettings) -> FastAPI:
+    """service: a serve.Service (the predictor, its validation and /info); settings: the limits."""
+
+    @asynccontextmanager
+    async def lifespan(app):
+        service.batcher.start()
+        yield
+        await service.batcher.stop()
+
+    app = FastAPI(title="tuneforge", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_bytes)
+    app.add_exception_handler(RequestError, lambda r, e: _error(e.status, str(e)))
+    app.add_exception_handler(BodyTooLarge, lambda r, e: _error(413, f"request body is over the limit of "
+                                                                     f"{settings.max_bytes} bytes"))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/")
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", **service.batcher.stats.__dict__}
+
+    @app.get("/info")
+    async def info():
+        return service.info()
+
+    @app.get("/metrics")
+    async def metrics():
+        return {"metric": service.info()["metric"], "points": service.curves()}
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        inputs, echo = await read_inputs(request, service, settings)
+        try:
+            outputs = await asyncio.wait_for(service.batcher.submit(inputs), settings.timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(504, f"no answer within {settings.timeout_s} s (server busy); retry later") from None
+        except TuneforgeError as e:
+            raise RequestError(400, str(e)) from None
+        return {"predictions": [{"input": x, **y} for x, y in zip(echo, outputs)]}
+
+    return app
+
+
+async def read_inputs(request: Request, service, settings: ServeSettings) -> tuple[list, list]:
+    """The request's inputs for the predictor and how each is echoed back (as `tuneforge predict` does)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json":
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RequestError(400, f"the body is not valid JSON ({str(e)[:80]})") from None
+        if not isinstance(body, dict):
+            raise RequestError(400, 'send a JSON object: {"inputs": [...]} or {"images": [...]}')
+        return service.parse_json(body, settings.max_items)
+    if kind == "multipart/form-data":
+        form = await request.form(max_files=settings.max_items + 1, max_fields=settings.max_items + 16)
+        files = [(v.filename or f"images[{i}]", await v.read()) for i, (_, v) in enumerate(form.multi_items())
+                 if hasattr(v, "read")]
+        return service.parse_uploads(files, settings.max_items)
+    raise RequestError(415, f"content type '{kind or 'none'}' is not accepted; send application/json or "
+                            "multipart/form-data")
+
+
+def decode_base64(value, where: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise RequestError(400, f"{where}: expected a base64 string")
+    if value.startswith("data:"):  # a data URL, as the browser's FileReader gives it
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, f"{where}: not valid base64") from None
+
+
+def image_pixels(data: bytes, where: str, short_side: Optional[int]):
+    """Bytes → HWC uint8 RGB, decoded as training decodes files (same downscale on the way in)."""
+    from tuneforge.data.images import decode_image
+    from tuneforge.errors import DataError
+
+    try:
+        return decode_image(io.BytesIO(data), short_side)
+    except DataError:
+        raise RequestError(400, f"{where}: not a readable image; send a PNG, JPEG, GIF, BMP, TIFF or WebP file") \
+            from None
