@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tuneforge.serve import ServeSettings, build_service, create_app
+from tuneforge.serve import ServeSettings, build_service
+from tuneforge.serve.app import create_app
 
 pytest_plugins = ["ship_runs"]
 

@@ -15,6 +15,7 @@ from tuneforge.errors import ConfigError, ModelError
 from tuneforge.predict import Predictor
 
 pytest_plugins = ["ship_runs"]
+pytest.importorskip("onnxruntime", reason="tuneforge export needs the export extra: pip install -e '.[export]'")
 
 SAMPLES = {
     "text": ["the movie was good", "awful", "it was a boring film and the acting was poor too"],

@@ -9,11 +9,14 @@ import time
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
-from conftest import make_color_image
+pytest.importorskip("fastapi", reason="tuneforge serve needs the serve extra: pip install -e '.[serve]'")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from conftest import make_color_image  # noqa: E402
 from tuneforge.predict import Predictor
-from tuneforge.serve import ServeSettings, Service, build_service, create_app
+from tuneforge.serve import ServeSettings, Service, build_service
+from tuneforge.serve.app import create_app
 from tuneforge.serve.batcher import Batcher
 
 pytest_plugins = ["ship_runs"]

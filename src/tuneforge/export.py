@@ -60,8 +60,7 @@ EXPORT_SPECS: Registry[Callable[[ModelBundle, object], ExportSpec]] = Registry("
 
 
 def _text_fields(bundle: ModelBundle) -> list[str]:
-    names = getattr(bundle.tokenizer, "model_input_names", None) or ["input_ids", "attention_mask"]
-    return [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in names]
+    return [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in bundle.tokenizer.model_input_names]
 
 
 def _sample_texts(cfg) -> list:
@@ -328,12 +327,22 @@ def run_export_cli(a) -> None:
 
     if a.format != "onnx":
         raise TuneforgeError(f"--format {a.format} is not supported; use --format onnx")
+    require_extra("export", ("onnx", "onnxruntime"))
     if a.max_rows < 1:
         raise TuneforgeError(f"--max-rows must be at least 1 (got {a.max_rows})")
     m = export_onnx(a.run_dir, a.output, a.quantize, a.opset, a.exporter, a.max_rows, log=_stderr)
     print(format_table(m["parity"]))
     print(f"exported {m['model']} ({m['task']}) with the {m['exporter']} exporter, opset {m['opset']}, "
           f"to {m['output']} (manifest.json)")
+
+
+def require_extra(extra: str, modules: tuple) -> None:
+    """A missing optional package is a one-line error naming the extra that brings it."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise TuneforgeError(f"this command needs {', '.join(missing)}: pip install 'tuneforge[{extra}]'")
 
 
 def _stderr(msg: str) -> None:

@@ -21,6 +21,7 @@ import torch
 
 from tuneforge.data.examples import sample
 from tuneforge.errors import ModelError, TuneforgeError
+from tuneforge.models.vision import VisionBundle
 from tuneforge.onnx_bundle import MODEL_FILES, OrtModule
 
 RELATIVE_TOLERANCE = 1e-4
@@ -108,7 +109,7 @@ def check_parity(run, inputs: list, out: Path, log) -> dict:
 
     batch_size = run.cfg.eval.batch_size or 2 * run.cfg.train.batch_size
     ex, batches, order = batches_of(run, inputs, batch_size)
-    if run.cfg.train.channels_last and hasattr(run.bundle, "use_channels_last"):
+    if run.cfg.train.channels_last and isinstance(run.bundle, VisionBundle):
         run.bundle.use_channels_last()  # the reference computes with the kernels predict uses
     rows, logits, decisions = {}, {}, {}
     for name, (fn, size) in _backends(run, out).items():

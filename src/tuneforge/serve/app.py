@@ -9,39 +9,19 @@ image files. Every input is checked before it joins a batch, so a bad one is a 4
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import io
 import json
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.serve.batcher import Batcher
+from tuneforge.serve.service import RequestError, ServeSettings
 
 STATIC = Path(__file__).parent / "static"
-
-
-@dataclass
-class ServeSettings:
-    max_batch: int = 32  # items per forward pass
-    max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
-    batching: bool = True
-    max_items: int = 64  # inputs per request
-    max_bytes: int = 16 * 2**20  # request body
-    timeout_s: float = 30.0  # per request, queueing included
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 class BodyTooLarge(Exception):
@@ -139,30 +119,7 @@ async def read_inputs(request: Request, service, settings: ServeSettings) -> tup
     if kind == "multipart/form-data":
         form = await request.form(max_files=settings.max_items + 1, max_fields=settings.max_items + 16)
         files = [(v.filename or f"images[{i}]", await v.read()) for i, (_, v) in enumerate(form.multi_items())
-                 if hasattr(v, "read")]
+                 if isinstance(v, UploadFile)]
         return service.parse_uploads(files, settings.max_items)
     raise RequestError(415, f"content type '{kind or 'none'}' is not accepted; send application/json or "
                             "multipart/form-data")
-
-
-def decode_base64(value, where: str) -> bytes:
-    if not isinstance(value, str) or not value:
-        raise RequestError(400, f"{where}: expected a base64 string")
-    if value.startswith("data:"):  # a data URL, as the browser's FileReader gives it
-        value = value.partition(",")[2]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(400, f"{where}: not valid base64") from None
-
-
-def image_pixels(data: bytes, where: str, short_side: Optional[int]):
-    """Bytes → HWC uint8 RGB, decoded as training decodes files (same downscale on the way in)."""
-    from tuneforge.data.images import decode_image
-    from tuneforge.errors import DataError
-
-    try:
-        return decode_image(io.BytesIO(data), short_side)
-    except DataError:
-        raise RequestError(400, f"{where}: not a readable image; send a PNG, JPEG, GIF, BMP, TIFF or WebP file") \
-            from None
