@@ -47,9 +47,17 @@ def _cache_path(tokenizer, texts, pairs, max_length) -> Path:
     return root / "tokens" / f"{h.hexdigest()[:32]}.npz"
 
 
+# Below this many texts the disk cache is skipped: its key hashes the whole tokenizer (~45 ms for minilm-l6, more
+# than tokenizing 1024 short texts), and every `predict` / served request would leave a cache file behind.
+DISK_CACHE_MIN_TEXTS = 1024
+
+
 def tokenize_texts(tokenizer, texts: list[str], pairs: Optional[list[str]], max_length: int) -> dict[str, list]:
     """Tokenized once per dataset: the result is cached on disk (flat int arrays, no pickle), keyed by a hash of
     the tokenizer, the texts and max_length, so a rerun or a second phase skips tokenization."""
+    if len(texts) < DISK_CACHE_MIN_TEXTS:
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
+        return {k: enc[k] for k in FIELDS if k in enc}
     path = _cache_path(tokenizer, texts, pairs, max_length)
     if path.is_file():
         try:

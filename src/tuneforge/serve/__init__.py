@@ -21,8 +21,8 @@ def run_serve_cli(a) -> None:
 
     from tuneforge.serve.app import create_app
 
-    for name, value, low in (("--max-batch", a.max_batch, 1), ("--max-items", a.max_items, 1),
-                             ("--port", a.port, 1), ("--max-wait-ms", a.max_wait_ms, 0), ("--timeout-s", a.timeout_s, 0)):
+    for name, value, low in (("--max-batch", a.max_batch, 1), ("--max-items", a.max_items, 1), ("--port", a.port, 1),
+                             ("--max-wait-ms", a.max_wait_ms, 0), ("--timeout-s", a.timeout_s, 0)):
         if value < low:
             raise TuneforgeError(f"{name} must be at least {low} (got {value})")
     settings = ServeSettings(max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, batching=not a.no_batching,
