@@ -89,6 +89,16 @@ def test_images_base64_and_upload(ship_run, image_data_dir):
         up = c.post("/predict", files=[("images", ("r.png", path.read_bytes(), "image/png"))]).json()
     assert strip(up["predictions"]) == Predictor(run).predict([str(path)])
     assert bad.status_code == 400 and bad.json()["error"].startswith("x.png: not a readable image")
+    photo = io.BytesIO()  # a camera-sized upload (over starlette's 1 MB limit for plain form fields)
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (900, 700, 3), dtype=np.uint8)).save(photo, "PNG")
+    assert len(photo.getvalue()) > 1.5e6
+    with client(run) as c:
+        big = c.post("/predict", files=[("images", ("big.png", photo.getvalue(), "image/png"))])
+        missing = c.get("/nowhere")
+    assert big.status_code == 200 and big.json()["predictions"][0]["label"] in ("red", "blue")
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
     assert text.status_code == 400 and "image model" in text.json()["error"]
 
 

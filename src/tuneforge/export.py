@@ -148,8 +148,7 @@ def _dynamic_shapes(spec: ExportSpec) -> tuple:
     return (tuple(per_input),)  # LogitsModule.forward(*tensors): one entry, the tuple of tensors
 
 
-def _export_once(module: LogitsModule, args: tuple, spec: ExportSpec, path: Path, opset: int, exporter: str,
-                 log) -> None:
+def _export_once(module: LogitsModule, args: tuple, spec: ExportSpec, path: Path, opset: int, exporter: str) -> None:
     names, outs = list(spec.inputs), list(spec.outputs)
     chatter = io.StringIO()  # the exporters print progress and tracer warnings; the log gets a summary instead
     with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
@@ -182,7 +181,7 @@ def export_graph(run: Loaded, spec: ExportSpec, sample: dict, path: Path, opset:
     for exporter in exporters:
         t0 = time.perf_counter()
         try:
-            _export_once(module, args, spec, path, opset, exporter, log)
+            _export_once(module, args, spec, path, opset, exporter)
             got = OrtModule(path)(sample)
             ok, diff = logits_close(expected, got)
             error = None if ok else f"sample batch max abs diff {diff:.3g} over tolerance"

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.serve.service import RequestError, ServeSettings
@@ -71,6 +72,7 @@ def create_app(service, settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="tuneforge", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=settings.max_bytes)
     app.add_exception_handler(RequestError, lambda r, e: _error(e.status, str(e)))
+    app.add_exception_handler(HTTPException, lambda r, e: _error(e.status_code, str(e.detail)))  # 404, form limits
     app.add_exception_handler(BodyTooLarge, lambda r, e: _error(413, f"request body is over the limit of "
                                                                      f"{settings.max_bytes} bytes"))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
