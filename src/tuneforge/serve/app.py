@@ -16,6 +16,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -117,11 +118,11 @@ async def read_inputs(request: Request, service, settings: ServeSettings) -> tup
             raise RequestError(400, f"the body is not valid JSON ({str(e)[:80]})") from None
         if not isinstance(body, dict):
             raise RequestError(400, 'send a JSON object: {"inputs": [...]} or {"images": [...]}')
-        return service.parse_json(body, settings.max_items)
+        return await run_in_threadpool(service.parse_json, body, settings.max_items)  # image decoding blocks
     if kind == "multipart/form-data":
         form = await request.form(max_files=settings.max_items + 1, max_fields=settings.max_items + 16)
         files = [(v.filename or f"images[{i}]", await v.read()) for i, (_, v) in enumerate(form.multi_items())
                  if isinstance(v, UploadFile)]
-        return service.parse_uploads(files, settings.max_items)
+        return await run_in_threadpool(service.parse_uploads, files, settings.max_items)
     raise RequestError(415, f"content type '{kind or 'none'}' is not accepted; send application/json or "
                             "multipart/form-data")

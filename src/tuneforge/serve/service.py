@@ -99,7 +99,8 @@ class Service:
     # ------------------------------------------------------------------ model card
     def info(self) -> dict:
         p, summary = self.predictor, _read_json(self.run_dir / "summary.json") or {}
-        return {"model": p.bundle.name, "task": p.task.name, "modality": p.modality, "labels": p.bundle.head.labels,
+        alias = (_read_json(self.run_dir / "model" / "tuneforge.json") or {}).get("alias")  # e.g. minilm-l6
+        return {"model": alias or p.bundle.name, "task": p.task.name, "modality": p.modality, "labels": p.bundle.head.labels,
                 "texts_per_example": self.arity if p.modality == "text" else 0, "backend": self.backend,
                 "task_state": p.task.state(), "metric": summary.get("metric"), "best_step": summary.get("best_step"),
                 "validation": _scalars(summary.get("eval")), "run_dir": str(self.run_dir),
