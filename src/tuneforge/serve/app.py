@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -84,7 +85,7 @@ def create_app(service, settings: ServeSettings) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", **service.batcher.stats.__dict__}
+        return {"status": "ok", **asdict(service.batcher.stats)}
 
     @app.get("/info")
     async def info():
@@ -120,9 +121,9 @@ async def read_inputs(request: Request, service, settings: ServeSettings) -> tup
             raise RequestError(400, 'send a JSON object: {"inputs": [...]} or {"images": [...]}')
         return await run_in_threadpool(service.parse_json, body, settings.max_items)  # image decoding blocks
     if kind == "multipart/form-data":
-        form = await request.form(max_files=settings.max_items + 1, max_fields=settings.max_items + 16)
-        files = [(v.filename or f"images[{i}]", await v.read()) for i, (_, v) in enumerate(form.multi_items())
-                 if isinstance(v, UploadFile)]
+        async with request.form(max_files=settings.max_items + 1, max_fields=settings.max_items + 16) as form:
+            files = [(v.filename or f"images[{i}]", await v.read()) for i, (_, v) in enumerate(form.multi_items())
+                     if isinstance(v, UploadFile)]  # the spooled upload files are closed on leaving
         return await run_in_threadpool(service.parse_uploads, files, settings.max_items)
     raise RequestError(415, f"content type '{kind or 'none'}' is not accepted; send application/json or "
                             "multipart/form-data")
