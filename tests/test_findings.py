@@ -178,6 +178,7 @@ def test_finding_07_token_cache_separates_texts_from_pairs(tmp_path, tiny_bert_d
     from tuneforge.data.text import tokenize_texts
 
     monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("tuneforge.data.text.DISK_CACHE_MIN_TEXTS", 1, raising=False)  # cache even 4 texts
     tok = AutoTokenizer.from_pretrained(str(tiny_bert_dir))
     texts, pairs = ["good film", "bad film"], ["a movie", "the plot"]
     tokenize_texts(tok, texts + pairs, None, 32)  # siamese + pair_swap: side A
@@ -330,13 +331,14 @@ def test_finding_14_unlabelled_test_file_is_skipped(tmp_path, text_recipe, text_
 def test_finding_15_corrupt_cache_entries_are_recomputed(damage, tmp_path, text_recipe, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("TUNEFORGE_CACHE", str(cache))
+    monkeypatch.setattr("tuneforge.data.text.DISK_CACHE_MIN_TEXTS", 1, raising=False)  # cache the tiny sets too
     recipe = text_recipe(train={"freeze": "backbone", "max_steps": 3}, eval={"every_steps": 3})
     first = tuneforge.train(recipe, output=str(tmp_path / "a"), quiet=True)
     for f in list((cache / "tokens").glob("*.npz")) + list((cache / "features").glob("*.npy")):
         f.write_bytes(b"" if damage == "empty" else f.read_bytes()[:100])
     again = tuneforge.train(recipe, output=str(tmp_path / "b"), quiet=True)
     log = (again.run_dir / "train.log").read_text()
-    assert "feature cache: entry" in log and "deleted" in log
+    assert "feature cache: entry" in log and "token cache: entry" in log
     assert history(first.run_dir) == history(again.run_dir)
 
 
@@ -439,6 +441,7 @@ def test_finding_20_eval_takes_data_overrides(tmp_path, text_recipe, capsys):
 def test_finding_20_empty_cache_variable_means_the_default(tmp_path, text_recipe, monkeypatch):
     monkeypatch.setenv("TUNEFORGE_CACHE", "")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("tuneforge.data.text.DISK_CACHE_MIN_TEXTS", 1, raising=False)
     monkeypatch.chdir(tmp_path)
     tuneforge.train(text_recipe(**QUICK), output=str(tmp_path / "run"), quiet=True)
     assert list((tmp_path / "home" / ".cache" / "tuneforge" / "tokens").glob("*.npz"))

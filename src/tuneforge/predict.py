@@ -14,6 +14,7 @@ from tuneforge.engine.device import make_accelerator
 from tuneforge.engine.loop import evaluate, forward, make_loader
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.models import load_saved_model
+from tuneforge.onnx_bundle import load_onnx_model
 from tuneforge.tasks import task_from_saved
 
 
@@ -22,11 +23,12 @@ def _stderr(*args, **kwargs) -> None:
 
 
 class Predictor:
-    """`data_overrides`: `data.*` keys (`["data.text_column=review"]`) for reading other files than training's."""
+    """`data_overrides`: `data.*` keys (`["data.text_column=review"]`) for reading other files than training's;
+    `onnx` (True / "fp32" / "int8"): run the `tuneforge export` ONNX model in onnxruntime instead."""
 
     def __init__(self, run_dir: str | Path, log=None, batch_size: Optional[int] = None,
-                 data_overrides: Sequence[str] = (), trust_remote_code: bool = False):
-        self.bundle, meta = load_saved_model(run_dir, trust_remote_code)
+                 data_overrides: Sequence[str] = (), trust_remote_code: bool = False, onnx: bool | str = False):
+        self.bundle, meta = load_onnx_model(run_dir, onnx) if onnx else load_saved_model(run_dir, trust_remote_code)
         self.cfg = validate(_with_data_overrides(meta["config"], data_overrides), f"{run_dir} (saved config)")
         log = log or _stderr  # stdout carries the JSON results of eval / predict
         self.task = task_from_saved(self.cfg, meta["task_state"], log)
