@@ -23,11 +23,11 @@ def weights_hash(run_dir: Path) -> str:
 
 
 def history(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without its wall-clock field."""
+    """metrics.jsonl without its wall-clock and memory fields."""
     import json
 
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in ("wall_seconds", "rss_mb")} for line in lines]
 
 
 def summary(run_dir: Path) -> dict:

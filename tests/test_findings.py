@@ -47,7 +47,7 @@ def crash_at(monkeypatch):
 
 
 def history(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(x).items() if k != "wall_seconds"}
+    return [{k: v for k, v in json.loads(x).items() if k not in ("wall_seconds", "rss_mb")}
             for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 

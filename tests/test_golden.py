@@ -47,7 +47,7 @@ def weights_sha256(run_dir: Path) -> str:
 
 def observed(run_dir: Path) -> dict:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    history = [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"} for line in lines]
+    history = [{k: v for k, v in json.loads(line).items() if k not in ("wall_seconds", "rss_mb")} for line in lines]
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"history": history, "summary": {k: v for k, v in summary.items() if k not in VOLATILE},
             "weights_sha256": weights_sha256(run_dir)}

@@ -34,7 +34,7 @@ def crash_at(monkeypatch):
 
 
 def records(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"}
+    return [{k: v for k, v in json.loads(line).items() if k not in ("wall_seconds", "rss_mb")}
             for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 

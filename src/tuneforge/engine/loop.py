@@ -21,6 +21,7 @@ from tuneforge.engine.device import to_device
 from tuneforge.engine.guards import NanGuard, Rollback
 from tuneforge.engine.state import LoopState
 from tuneforge.metrics import scalars
+from tuneforge.utils import rss_mb
 from tuneforge.tasks.base import Built, Task
 
 
@@ -118,7 +119,8 @@ def run_eval(c: Components, state: LoopState) -> dict:
         state.best_metric, state.best_step = value, state.step
     record = {"step": state.step, "epoch": state.epoch_progress(c.train_loader.batch_sampler.total),
               "wall_seconds": round(state.wall_seconds, 3), "samples_seen": state.samples_seen,
-              "train_loss": state.last_loss, "metrics": metrics}
+              "train_loss": state.last_loss, "lr": None if math.isnan(state.last_lr) else state.last_lr,
+              "rss_mb": round(rss_mb(), 1), "metrics": metrics}
     # the history (kept in every checkpoint) holds the scalars only: per-class tables and confusion matrices
     # (classes² numbers per evaluation) stay in metrics.jsonl
     state.history.append({**record, "metrics": scalars(metrics)})
