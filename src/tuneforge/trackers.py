@@ -21,7 +21,7 @@ from tuneforge.engine.state import LoopState
 from tuneforge.errors import ConfigError
 from tuneforge.metrics import scalars
 from tuneforge.registry import Registry
-from tuneforge.report.analysis import flatten
+from tuneforge.utils import flatten
 
 # name → factory(cfg, run_dir, bundle, labels, resumed) -> Tracker
 TRACKERS: Registry = Registry("logger")

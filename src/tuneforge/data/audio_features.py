@@ -33,6 +33,7 @@ import torch
 
 from tuneforge.data.audio import RESAMPLER, AudioCache, AudioRef, audio_library
 from tuneforge.errors import ConfigError, ModelError
+from tuneforge.utils import fsync_path
 
 BATCH = 32  # clips per feature-extractor call
 
@@ -255,14 +256,6 @@ def feature_record(refs: Sequence[AudioRef], sample_rate: int, maker: FeatureMak
             "max_seconds": max_seconds, "resampler": RESAMPLER, "features": maker.spec()}
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_entry(path: Path, record_text: str, stored: StoredFeatures) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -271,13 +264,13 @@ def _write_entry(path: Path, record_text: str, stored: StoredFeatures) -> None:
         np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
     (tmp / "record.json").write_text(record_text, encoding="utf-8")
     for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
+        fsync_path(f)
+    fsync_path(tmp)
     try:
         os.replace(tmp, path)  # another process may have stored the same entry first: keep theirs
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-    _fsync(path.parent)
+    fsync_path(path.parent)
 
 
 def _read_entry(path: Path, record_text: str, rows: int) -> StoredFeatures:

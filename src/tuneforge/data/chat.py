@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 
 from tuneforge.data.examples import Examples
 from tuneforge.data.sources import FILE_READERS
-from tuneforge.data.tables import _utf8_error, read_table
+from tuneforge.data.tables import _utf8_error, json_lines, read_table
 from tuneforge.errors import DataError
 
 Conversation = list[dict[str, str]]
@@ -64,18 +64,7 @@ def _json_rows(path: Path, text: str) -> list[tuple[str, dict]]:
 
 
 def _jsonl_rows(path: Path, text: str) -> list[tuple[str, dict]]:
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path} line {n}: invalid JSON ({e.msg}); each line must be one JSON object") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
-        rows.append((f"{path} line {n}", row))
-    return rows
+    return [(f"{path} line {n}", row) for n, row in json_lines(path, text)]
 
 
 def _table_rows(path: Path) -> list[tuple[str, dict]]:
@@ -102,7 +91,7 @@ def load_rows(path: Path) -> list[tuple[str, dict]]:
         raise DataError(f"data file '{path}': unsupported type '{suffix}'; use {', '.join(CHAT_SUFFIXES)}")
     if suffix in (".json", ".jsonl"):
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as e:
             raise _utf8_error(path, e) from None
         rows = _json_rows(path, text) if suffix == ".json" else _jsonl_rows(path, text)

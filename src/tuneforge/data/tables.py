@@ -62,20 +62,25 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
     return df
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+def json_lines(path: Path, text: str) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSONL text; errors name the line."""
     rows = []
-    with path.open(encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {n}: invalid JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
-            row["_line"] = n
-            rows.append(_mark_broken_text(row, f"{path} line {n}"))
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {n}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
+        rows.append((n, row))
+    return rows
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    rows = [_mark_broken_text({**row, "_line": n}, f"{path} line {n}")
+            for n, row in json_lines(path, path.read_text(encoding="utf-8-sig"))]
     return pd.DataFrame(rows)
 
 

@@ -24,7 +24,7 @@ from tuneforge.engine import chaos
 from tuneforge.engine.callbacks import Callback
 from tuneforge.engine.snapshot import TrainingSnapshot, cpu_tensors
 from tuneforge.errors import ModelError
-from tuneforge.utils import atomic_write, atomic_write_text, fsync_dir
+from tuneforge.utils import atomic_write, atomic_write_text, fsync_path
 
 STEP_DIR = re.compile(r"step-(\d{8})")
 MODEL_FILE, TRAINER_FILE, META_FILE = "model.safetensors", "trainer.safetensors", "trainer.json"
@@ -104,12 +104,12 @@ def write_checkpoint(folder: Path, step: int, model: dict[str, torch.Tensor], te
                  TRAINER_FILE: _save_synced(tmp / TRAINER_FILE, tensors, {"step": str(step)})}
         body = json.dumps({**meta, "step": step, "files": files})
         _write_synced(tmp / META_FILE, body.encode("utf-8"))
-        fsync_dir(tmp)
+        fsync_path(tmp)
         chaos.point("checkpoint_write")
         if final.exists():  # the same step written again (after a rollback): swap, never a gap
             _discard(final)
         os.rename(tmp, final)
-        fsync_dir(folder)
+        fsync_path(folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -130,7 +130,7 @@ def publish_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         _discard(final)
     os.rename(tmp, final)
-    fsync_dir(final.parent)
+    fsync_path(final.parent)
 
 
 def list_checkpoints(folder: Path) -> list[Path]:

@@ -15,13 +15,13 @@ import shutil
 import socket
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 import yaml
 
 from tuneforge.engine.checkpoint import clean_partial, list_checkpoints
 from tuneforge.errors import ConfigError
-from tuneforge.utils import atomic_write_text
+from tuneforge.utils import atomic_write_text, flatten
 
 IGNORED_ON_RESUME = ("output",)  # config sections that may differ between a run and its resume
 LOCK_FILE = ".lock"
@@ -80,16 +80,6 @@ def _lock(run_dir: Path, log) -> int:
     return fd
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_same_config(run_dir: Path, cfg) -> None:
     from tuneforge.config import validate
 
@@ -99,8 +89,8 @@ def check_same_config(run_dir: Path, cfg) -> None:
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot resume '{run_dir}': {path.name} is unreadable ({str(e)[:80]})") from None
     now = cfg.model_dump(mode="json")
-    a = {k: v for k, v in _flat(saved).items() if k.split(".")[0] not in IGNORED_ON_RESUME}
-    b = {k: v for k, v in _flat(now).items() if k.split(".")[0] not in IGNORED_ON_RESUME}
+    a = {k: v for k, v in flatten(saved).items() if k.split(".")[0] not in IGNORED_ON_RESUME}
+    b = {k: v for k, v in flatten(now).items() if k.split(".")[0] not in IGNORED_ON_RESUME}
     diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     if diff:
         shown = ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in diff[:4]) + (" ..." if len(diff) > 4 else "")

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import numpy as np
 
 from tuneforge.metrics import scalars
+from tuneforge.utils import flatten
 
 ECE_BINS = 15
 SKIPPED_METRICS = ("samples", "sentences")  # counts, not quality
@@ -173,16 +174,6 @@ def multilabel_mistakes(rows: list[dict], limit: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------- comparing runs
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 IGNORED_IN_DIFF = ("output.", "data.dir", "data.train", "data.val")  # where a run lives, not how it trains
