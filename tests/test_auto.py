@@ -256,3 +256,54 @@ def test_budgeted_resume_is_bit_identical(text_recipe, tmp_path, monkeypatch):
 
     a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (full.run_dir, resumed.run_dir))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- plan and lr: auto
+
+
+def test_plan_estimates_without_training_or_writing(text_recipe, tmp_path, monkeypatch, capsys):
+    from tuneforge.plan import plan
+
+    monkeypatch.chdir(tmp_path)
+    recipe = text_recipe(data={"max_length": 4}, train={"max_steps": None, "epochs": 2, "batch_size": 500,
+                                                        "warmup_steps": 50, "lr": 0.5})
+    p = plan(recipe)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    phase = p["phases"][0]
+    assert phase["steps"] == 2 and phase["seconds_per_epoch"] > 0 and phase["measured_steps"] >= 1
+    assert p["time"]["total_seconds"] >= p["time"]["startup_seconds"] > 0 and p["memory"]["peak_rss_mb"] > 100
+    assert p["strategies"]["phases"] == ["train"]
+    text = " ".join(p["warnings"])
+    for expected in ("max_length 4 cuts", "validation set has 40", "lr 0.5 is outside", "batch_size 500",
+                     "warm-up steps"):
+        assert expected in text, expected
+    assert main(["plan", "--json", "/nonexistent.yaml"]) == 2
+
+
+def test_plan_puts_weights_and_rng_back(tiny_bert_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.plan import restored
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    with restored(model):
+        for p in model.parameters():
+            p.data.add_(torch.randn_like(p))
+            p.requires_grad_(False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state()) and all(p.requires_grad for p in model.parameters())
+
+
+def test_lr_auto_finds_a_head_lr_and_a_body_lr_for_fine_tune(text_recipe, tmp_path):
+    r = tuneforge.train(text_recipe(train={"lr": "auto", "head_epochs": 1, "epochs": 1, "max_steps": None},
+                                    eval={"every_steps": None}), output=str(tmp_path / "run"), quiet=True)
+    tests = r.summary["lr_auto"]["tests"]
+    assert set(tests) == {"head", "body"} and set(tests["body"]["suggestions"]) == {"steepest", "valley",
+                                                                                   "minimum/10"}
+    assert r.summary["lr"] == tests["body"]["suggested_lr"]
+    assert r.summary["lr_auto"]["head_phase_lr"] == tests["head"]["suggested_lr"]
+    log = (r.run_dir / "train.log").read_text()
+    assert "lr-find (the new head)" in log and "cached backbone features" in log
+    assert f"phase head: 8 steps (8/epoch), batch 16 x accum 1, adamw lr {tests['head']['suggested_lr']:g}" in log

@@ -19,7 +19,7 @@ from tuneforge.engine.feature_cache import HeadOnly, feature_cache_usable
 from tuneforge.engine.loop import steps_per_epoch
 from tuneforge.engine.optim import create_optimizer, total_steps
 from tuneforge.engine.snapshot import capture_rng, restore_rng
-from tuneforge.engine.timing import mean_step_size, spread_batches, timed_eval, timed_steps
+from tuneforge.engine.timing import collate, mean_step_size, spread_batches, timed_eval, timed_steps
 from tuneforge.engine.trainable import Phase, head_module_name, head_names, plan_phases
 from tuneforge.utils import cache_dir, count_params, peak_rss_mb
 
@@ -81,7 +81,7 @@ def estimate_eval(setup) -> dict:
     batches = loader.batch_sampler.batches()
     timer = timed_eval(setup.task, setup.bundle, built, spread_batches(batches, built.lengths, 6),
                        setup.accelerator)
-    tokens = "attention_mask" in built.collate([built.dataset[0]])
+    tokens = "attention_mask" in collate(built, [0])
     est = timer.estimate(mean_step_size(built, len(batches), tokens))
     seconds, error = est.total(len(batches))
     return {"seconds": seconds, "error": error, "batches": len(batches)}
@@ -113,7 +113,7 @@ def timed_phase(setup, phase: Phase, ptc, steps: int, eval_pass: dict) -> dict:
                         phase.train_mode(bundle, tc))
     optimizer.zero_grad(set_to_none=True)
     per_epoch = setup.train_loader.batch_sampler.total  # micro-batches (each timed with an optimizer step)
-    tokens = "attention_mask" in built.collate([built.dataset[0]])
+    tokens = "attention_mask" in collate(built, [0])
     est = timer.estimate(mean_step_size(built, per_epoch, tokens))
     epoch, epoch_error = est.total(per_epoch)
     train_s, train_error = est.total(steps * tc.grad_accum)
@@ -159,7 +159,7 @@ def _time_head_steps(setup, head: str, ptc) -> float:
     captured = []
     hook = bundle.model.get_submodule(head).register_forward_pre_hook(lambda m, a: captured.append(a[0].detach()))
     indices = setup.train_loader.batch_sampler.batches()[0]
-    batch = built.collate([built.dataset[j] for j in indices])
+    batch = collate(built, indices)
     try:
         timed_eval(setup.task, bundle, built, [indices], setup.accelerator, warmup=0)
     finally:

@@ -283,6 +283,8 @@ def apply_preset(cfg, report: dict, modality: str, train_ex, log=print):
     own = recipe_strategy(cfg, explicit)
     size, strategy, choices = choose(facts, own)
     raw = cfg.model_dump(mode="json")
+    if cfg.train.lr == "auto":  # the LR range test picks the head's LR too
+        choices = [c for c in choices if c.key != "train.head_lr"]
     for c in choices:
         if c.key in explicit:
             c.value, c.source = _get(raw, c.key), "recipe"

@@ -6,6 +6,7 @@ components, fit → finish (the kept model, final and test evaluation, model/) �
 `lr_find` reuses `prepare`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -102,6 +103,7 @@ class Training:
     mode: str
     trackers: list  # TensorBoard / MLflow (output.loggers): callbacks in every phase, told when the run ends
     deadline: Optional[Deadline] = None  # train.time_budget
+    lr_auto: Optional[dict] = None  # lr: auto's range tests and the LRs they chose
 
 
 def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | None = None, *,
@@ -239,7 +241,8 @@ def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = Non
     log.attach(plot_path.with_suffix(".log"))
     result = lr_range_test(setup.bundle, setup.task, setup.train_loader, cfg.train, setup.accelerator, plot_path,
                            log)
-    return {"suggested_lr": result["suggested_lr"], "plot": str(plot_path), "steps": len(result["lrs"])}
+    return {"suggested_lr": result["suggested_lr"], "suggestions": result["suggestions"], "plot": str(plot_path),
+            "steps": len(result["lrs"])}
 
 
 # ---------------------------------------------------------------- 2. the run folder and the run-wide pieces
@@ -260,12 +263,13 @@ def record_start(setup: Setup, folder: RunFolder, accept_changes: bool, log) -> 
 def prepare_training(setup: Setup, folder: RunFolder, log, started: Optional[float] = None) -> Training:
     cfg, tc, accelerator = setup.cfg, setup.cfg.train, setup.accelerator
     setup.task.before_training(setup.bundle, folder.path, resumed=not folder.created, log=log)
-    lr = tc.lr
-    if lr == "auto":
-        from tuneforge.engine.lr_find import lr_range_test
-
-        lr = lr_range_test(setup.bundle, setup.task, setup.train_loader, tc, accelerator, folder.path /
-                           "lr_find.png", log)["suggested_lr"]
+    lr, lr_auto = tc.lr, None
+    if lr == "auto":  # deterministic (pretrained weights, restored RNG): a resumed run finds the same LRs
+        lr_auto = choose_lrs(setup, folder.path, log)
+        lr = lr_auto["lr"]
+    phases = plan_phases(tc, lr)
+    if lr_auto and lr_auto.get("head_phase_lr") and len(phases) > 1:
+        phases[0] = dataclasses.replace(phases[0], lr=lr_auto["head_phase_lr"])
     setup.bundle.replace_model(accelerator.prepare(setup.bundle.model))
     model = setup.bundle.model
     params = count_params(model)
@@ -278,8 +282,36 @@ def prepare_training(setup: Setup, folder: RunFolder, log, started: Optional[flo
     trackers = create_trackers(cfg, folder.path, setup.bundle, setup.task.labels, resumed=not folder.created)
     restorer = StateRestorer(folder, log)
     deadline = make_deadline(setup, restorer, started) if tc.time_budget else None
-    return Training(folder, lr, plan_phases(tc, lr), restorer, guard, ema, model, params,
-                    rss_at_start, metric, setup.task.metric_mode(metric), trackers, deadline)
+    return Training(folder, lr, phases, restorer, guard, ema, model, params,
+                    rss_at_start, metric, setup.task.metric_mode(metric), trackers, deadline, lr_auto)
+
+
+def choose_lrs(setup: Setup, plot_dir: Path, log) -> dict:
+    """lr: auto: the LR range test once for the new head alone (a head phase or a linear probe; on cached backbone
+    features where they apply), once for the whole model (the phase that trains it) → {lr, head_phase_lr, tests}."""
+    from tuneforge.engine.lr_find import lr_range_test
+
+    cfg, tc, bundle, quiet = setup.cfg, setup.cfg.train, setup.bundle, (lambda *_: None)
+    phases = plan_phases(tc, 1.0)  # which kinds of phases run; their LRs come from here
+    head_phase = next((p for p in phases if p.frozen_backbone), None)
+    body_phase = next((p for p in phases if not p.frozen_backbone), None)
+    tests = {}
+    if head_phase is not None and not (body_phase and tc.head_lr):
+        head_phase.apply(bundle, tc, quiet)
+        head = feature_cache_usable(cfg, setup.task, bundle, head_phase)
+        run_bundle, loader, _ = cached_loaders(cfg, setup.task, bundle, head, setup, setup.accelerator, log) \
+            if head else (bundle, setup.train_loader, None)
+        tests["head"] = lr_range_test(run_bundle, setup.task, loader, tc, setup.accelerator,
+                                      plot_dir / "lr_find_head.png", log, start=1e-5, end=10.0, what="the new head")
+    if body_phase is not None:
+        body_phase.apply(bundle, tc, quiet)
+        tests["body"] = lr_range_test(bundle, setup.task, setup.train_loader, tc, setup.accelerator,
+                                      plot_dir / "lr_find.png", log, what="the whole model")
+    lr = (tests.get("body") or tests["head"])["suggested_lr"]
+    head_lr = tests["head"]["suggested_lr"] if "head" in tests and body_phase is not None else None
+    return {"lr": lr, "head_phase_lr": head_lr,
+            "tests": {k: {"suggested_lr": v["suggested_lr"], "suggestions": v["suggestions"], "steps": len(v["lrs"])}
+                      for k, v in tests.items()}}
 
 
 def make_deadline(setup: Setup, restorer: StateRestorer, started: Optional[float]) -> Deadline:
@@ -407,6 +439,7 @@ def build_summary(setup: Setup, training: Training, state: LoopState, final: dic
         "steps": state.step,
         "epochs": state.epoch_progress(setup.train_loader.batch_sampler.total),
         "lr": training.lr,
+        "lr_auto": training.lr_auto,
         "strategies": strategies_summary(setup, training.phases),
         "preset": setup.preset,
         "time_budget": training.deadline.summary() if training.deadline else None,

@@ -78,6 +78,13 @@ def _linear_fit(x: np.ndarray, y: np.ndarray, at: float) -> Optional[tuple[float
     return max(float(v @ coef), 1e-6), float(math.sqrt(max(v @ cov @ v, 0.0)))
 
 
+def collate(built, indices: list[int]) -> dict:
+    """The batch of these rows, as the DataLoader would build it."""
+    from torch.utils.data import default_collate
+
+    return (built.collate or default_collate)([built.dataset[j] for j in indices])
+
+
 def batch_size_units(batch: dict) -> int:
     """A batch's size for the cost model: its non-padding tokens, else its rows."""
     mask = batch.get("attention_mask")
@@ -92,11 +99,11 @@ def mean_step_size(built, steps_per_epoch: int, tokens: bool) -> float:
 
 def spread_batches(batches: list[list[int]], lengths, count: int) -> list[list[int]]:
     """`count` of an epoch's batches spread over their sizes (largest first: its memory peak is then measured from
-    the first step on), so the cost model sees small and large steps alike."""
+    the first step on), so the cost model sees small and large steps alike; repeated when there are fewer."""
     size = (lambda b: sum(lengths[i] for i in b)) if lengths is not None else len
     ordered = sorted(batches, key=size, reverse=True)
-    if len(ordered) <= count:
-        return ordered
+    if len(ordered) <= count:  # few batches: each is timed more than once
+        return (ordered * count)[:count]
     picks = np.linspace(0, len(ordered) - 1, count).round().astype(int)
     return [ordered[i] for i in dict.fromkeys(picks.tolist())]
 
@@ -109,7 +116,7 @@ def timed_steps(task, bundle, built, index_batches: list[list[int]], optimizer, 
     train_mode(model)
     started = time.perf_counter()
     for i, indices in enumerate(index_batches):
-        batch = built.collate([built.dataset[j] for j in indices])
+        batch = collate(built, indices)
         t = time.perf_counter()
         _, batch = forward_backward(task, bundle, batch, accelerator)
         if grad_clip:
@@ -128,7 +135,7 @@ def timed_eval(task, bundle, built, index_batches: list[list[int]], accelerator,
     timer = StepTimer(warmup)
     bundle.model.eval()
     for indices in index_batches:
-        batch = built.collate([built.dataset[j] for j in indices])
+        batch = collate(built, indices)
         t = time.perf_counter()
         outputs, batch = forward(task, bundle, batch, accelerator)
         task.loss(outputs, batch)
