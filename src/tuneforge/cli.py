@@ -16,18 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pretrained models on your own data.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train from a YAML recipe, or from --data alone (preset: auto)")
-    t.add_argument("recipe", nargs="?", help="YAML recipe; without one, --data (and --task) with preset: auto")
-    t.add_argument("--data", help="no recipe: the data folder (train/dev files or an image folder tree)")
-    t.add_argument("--task", default="classification", help="no recipe: the task type (default classification)")
-    t.add_argument("--model", help="no recipe: the model (default: minilm-l6 for text, efficientnet-lite0 for images)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set train.lr=3e-5 (repeatable)")
-    t.add_argument("--output", help="run folder (default: runs/<recipe>-<time>)")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run in --output from its latest checkpoint (or start it if the folder is empty)")
-    t.add_argument("--quiet", action="store_true")
+    _add_train_commands(sub)
 
     r = sub.add_parser("resume", help="continue an interrupted run from its latest checkpoint")
     r.add_argument("run_dir")
@@ -36,12 +25,6 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--trust-remote-code", action="store_true",
                    help="the run's config.yaml sets model.trust_remote_code: run the model folder's code")
     r.add_argument("--quiet", action="store_true")
-
-    pl = sub.add_parser("plan", help="what a run would cost on this machine (time, memory) and warnings; trains "
-                        "and writes nothing")
-    pl.add_argument("recipe")
-    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    pl.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
     lf = sub.add_parser("lr-find", help="LR range test: plot loss against LR and suggest a learning rate")
     lf.add_argument("recipe")
@@ -76,6 +59,28 @@ def _parser() -> argparse.ArgumentParser:
     _add_observe_commands(sub)
     _add_ship_commands(sub)
     return p
+
+
+def _add_train_commands(sub) -> None:
+    """`train` (a recipe, or --data alone with preset: auto) and `plan`."""
+    t = sub.add_parser("train", help="train from a YAML recipe, or from --data alone (preset: auto)")
+    t.add_argument("recipe", nargs="?", help="YAML recipe; without one, --data (and --task) with preset: auto")
+    t.add_argument("--data", help="no recipe: the data folder (train/dev files or an image folder tree)")
+    t.add_argument("--task", default="classification", help="no recipe: the task type (default classification)")
+    t.add_argument("--model", help="no recipe: the model (default: minilm-l6 for text, efficientnet-lite0 for images)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.lr=3e-5 (repeatable)")
+    t.add_argument("--output", help="run folder (default: runs/<recipe>-<time>)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its latest checkpoint (or start it if the folder is empty)")
+    t.add_argument("--quiet", action="store_true")
+
+    pl = sub.add_parser("plan", help="what a run would cost on this machine (time, memory) and warnings; trains "
+                        "and writes nothing")
+    pl.add_argument("recipe")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pl.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
 
 def _add_observe_commands(sub) -> None:

@@ -289,7 +289,7 @@ def prepare_training(setup: Setup, folder: RunFolder, log, started: Optional[flo
 def choose_lrs(setup: Setup, plot_dir: Path, log) -> dict:
     """lr: auto: the LR range test once for the new head alone (a head phase or a linear probe; on cached backbone
     features where they apply), once for the whole model (the phase that trains it) → {lr, head_phase_lr, tests}."""
-    from tuneforge.engine.lr_find import lr_range_test
+    from tuneforge.engine.lr_find import RULES, lr_range_test
 
     cfg, tc, bundle, quiet = setup.cfg, setup.cfg.train, setup.bundle, (lambda *_: None)
     phases = plan_phases(tc, 1.0)  # which kinds of phases run; their LRs come from here
@@ -302,11 +302,14 @@ def choose_lrs(setup: Setup, plot_dir: Path, log) -> dict:
         run_bundle, loader, _ = cached_loaders(cfg, setup.task, bundle, head, setup, setup.accelerator, log) \
             if head else (bundle, setup.train_loader, None)
         tests["head"] = lr_range_test(run_bundle, setup.task, loader, tc, setup.accelerator,
-                                      plot_dir / "lr_find_head.png", log, start=1e-5, end=10.0, what="the new head")
+                                      plot_dir / "lr_find_head.png", log, start=1e-5, end=10.0, what="the new head",
+                                      rule=RULES["head"])
     if body_phase is not None:
         body_phase.apply(bundle, tc, quiet)
+        fixed = (head_names(bundle), tc.head_lr) if tc.head_lr else None  # the head keeps its own LR
         tests["body"] = lr_range_test(bundle, setup.task, setup.train_loader, tc, setup.accelerator,
-                                      plot_dir / "lr_find.png", log, what="the whole model")
+                                      plot_dir / "lr_find.png", log, what="the whole model", rule=RULES["body"],
+                                      fixed=fixed)
     lr = (tests.get("body") or tests["head"])["suggested_lr"]
     head_lr = tests["head"]["suggested_lr"] if "head" in tests and body_phase is not None else None
     return {"lr": lr, "head_phase_lr": head_lr,

@@ -2,34 +2,62 @@
 
 The smoothed loss (an exponential average, bias-corrected) gives three classic suggestions: `steepest` (where it
 falls fastest per log-LR, before its minimum), `valley` (fastai's default: halfway along the longest stretch over
-which it keeps falling) and `minimum/10` (a tenth of the LR at its minimum). `SUGGESTION` is the one used; the
-others are recorded. `lr: auto` runs one test per kind of phase (run.choose_lrs): the new head alone (on cached
-backbone features where possible) and the whole model."""
+which it keeps falling) and `minimum/10` (a tenth of the LR at its minimum). All three are recorded; `lr: auto`
+runs one test per kind of phase (run.choose_lrs) and uses `RULES`: for the new head alone (on cached backbone
+features where possible) the valley; for the pretrained body, with the head held at train.head_lr when one is set,
+a tenth of the LR at the loss minimum (the valley and the steepest point wander on curves that barely move before
+the loss turns up; benchmarks/lr_auto_check.py)."""
 from __future__ import annotations
 
 import copy
 import math
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from tuneforge.engine.loop import forward
 from tuneforge.engine.optim import create_optimizer
+from tuneforge.engine.snapshot import capture_rng, restore_rng
 
 
-SUGGESTION = "valley"
+RULES = {"head": "valley", "body": "minimum/10"}  # the suggestion used, by what the test sweeps
 
 
 def lr_range_test(bundle, task, loader, tc, accelerator, plot_path: Path | None, log=print,
-                  start: float = 1e-7, end: float = 1.0, steps: int = 80, what: str = "the model") -> dict:
-    """Weights, optimizer and RNG are restored afterwards, so training starts exactly as it would have."""
+                  start: float = 1e-7, end: float = 1.0, steps: int = 80, what: str = "the model",
+                  rule: str = "minimum/10", fixed: Optional[tuple[set[str], float]] = None) -> dict:
+    """Weights, optimizer and RNG are restored afterwards, so training starts exactly as it would have.
+    `fixed`: (parameter names, LR) that keep their own LR while the rest is swept (the new head at train.head_lr
+    while the pretrained body's LR is found)."""
     model = bundle.model
     saved = copy.deepcopy(model.state_dict())
-    rng = torch.get_rng_state()
-    optimizer = create_optimizer(model, tc.model_copy(update={"lr": start, "layer_decay": None, "head_lr": None}))
+    rng = capture_rng()
+    names, fixed_lr = fixed or (set(), None)
+    optimizer = create_optimizer(model, tc.model_copy(update={"lr": start, "layer_decay": None,
+                                                              "head_lr": fixed_lr}), names)
+    swept = [g for g in optimizer.param_groups if not (fixed_lr and g["lr"] == fixed_lr)]
+    model.train()
+    lrs, losses = _sweep(bundle, task, loader, accelerator, optimizer, swept, start, end, steps)
+    model.load_state_dict(saved)
+    restore_rng(*rng)
+    suggestions = {"steepest": _suggest(lrs, losses), "valley": _valley(lrs, losses),
+                   "minimum/10": lrs[min(range(len(losses)), key=losses.__getitem__)] / 10}
+    suggested = suggestions[rule]
+    if plot_path is not None:
+        _plot(lrs, losses, suggested, plot_path)
+    log(f"lr-find ({what}): {len(lrs)} steps from {start:g} to {lrs[-1]:.3g}; suggested lr {suggested:.3g} "
+        f"({rule}; " + ", ".join(f"{k} {v:.3g}" for k, v in suggestions.items() if k != rule) + ")"
+        f"{f'; plot {plot_path}' if plot_path else ''}")
+    return {"lrs": lrs, "losses": losses, "suggested_lr": suggested, "suggestions": suggestions, "rule": rule}
+
+
+def _sweep(bundle, task, loader, accelerator, optimizer, swept: list[dict], start: float, end: float,
+           steps: int) -> tuple[list[float], list[float]]:
+    """Raise the swept groups' LR exponentially, one batch per step → (LRs, smoothed losses); stops once the loss
+    is 4x its best or not finite."""
     gamma = (end / start) ** (1 / max(steps - 1, 1))
     lrs, losses, average, best = [], [], 0.0, math.inf
-    model.train()
     batches = iter(loader)
     for i in range(steps):
         try:
@@ -38,7 +66,7 @@ def lr_range_test(bundle, task, loader, tc, accelerator, plot_path: Path | None,
             batches = iter(loader)
             batch = next(batches)
         lr = start * gamma ** i
-        for g in optimizer.param_groups:
+        for g in swept:
             g["lr"] = lr
         outputs, batch = forward(task, bundle, batch, accelerator)
         loss = task.loss(outputs, batch)
@@ -53,17 +81,7 @@ def lr_range_test(bundle, task, loader, tc, accelerator, plot_path: Path | None,
         best = min(best, smooth)
         if not math.isfinite(value) or smooth > 4 * best:
             break
-    model.load_state_dict(saved)
-    torch.set_rng_state(rng)
-    suggestions = {"steepest": _suggest(lrs, losses), "valley": _valley(lrs, losses),
-                   "minimum/10": lrs[min(range(len(losses)), key=losses.__getitem__)] / 10}
-    suggested = suggestions[SUGGESTION]
-    if plot_path is not None:
-        _plot(lrs, losses, suggested, plot_path)
-    log(f"lr-find ({what}): {len(lrs)} steps from {start:g} to {lrs[-1]:.3g}; suggested lr {suggested:.3g} "
-        f"({SUGGESTION}; steepest {suggestions['steepest']:.3g}, minimum/10 {suggestions['minimum/10']:.3g})"
-        f"{f'; plot {plot_path}' if plot_path else ''}")
-    return {"lrs": lrs, "losses": losses, "suggested_lr": suggested, "suggestions": suggestions}
+    return lrs, losses
 
 
 BETA = 0.9  # smoothing of the loss curve (~10 steps)
