@@ -184,6 +184,7 @@ def test_preset_auto_run_records_choices_and_keeps_explicit_keys(text_recipe, tm
     log = (r.run_dir / "train.log").read_text()
     assert "preset auto: train.lr = 0.003  (kept from the recipe)" in log
     assert "preset auto: early_stopping.enabled = true" in log
+    assert "preset auto: small data (120 examples) is handled: batches of 16" in log
     assert r.metrics["accuracy"] >= 0.9
 
 

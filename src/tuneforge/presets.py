@@ -57,6 +57,17 @@ class Choice:
     source: str = "preset"  # or "recipe": the recipe set the key itself and keeps its value
 
 
+SMALL_DATA = {
+    "linear_probe": "a linear head on frozen, cached backbone features (no weights to over-fit but the head's), "
+                    "stronger weight decay, many cheap epochs with early stopping",
+    "fine_tune": "a head phase first, frozen BatchNorm statistics, augmentation, stronger weight decay, more epochs "
+                 "with early stopping",
+    "full_fine_tune": "batches of 16 (more updates), stronger weight decay, 10 epochs with early stopping on "
+                      "validation after every epoch",
+    "lora": "adapters only (few weights to over-fit), stronger weight decay, more epochs with early stopping",
+}
+
+
 def size_class(rows: int) -> str:
     return next((name for bound, name in SIZE_CLASSES if rows < bound), "large")
 
@@ -86,8 +97,9 @@ def strategy_choices(strategy: str, reason: str) -> list[Choice]:
                 Choice("data.augment.enabled", False, "deterministic inputs let the backbone features be cached")]
     if strategy == "fine_tune":
         return [Choice("train.head_epochs", 1, reason),
-                Choice("train.layer_decay", 0.7, "each layer group trains at 0.7x the LR of the one above it: the "
-                       "general features near the input move least")]
+                Choice("train.layer_decay", 0.8, "each layer group trains at 0.8x the LR of the one above it: the "
+                       "general features near the input move least (like fastai's lr/100 .. lr slice over ~20 "
+                       "groups)")]
     if strategy == "lora":
         return [Choice("train.lora", {"r": 8, "alpha": 16, "dropout": 0.1}, reason)]
     return []
@@ -292,6 +304,8 @@ def apply_preset(cfg, report: dict, modality: str, train_ex, log=print):
             apply_overrides(raw, {c.key: c.value})
     log(f"preset auto: {facts.rows} {'images' if modality == 'image' else 'examples'} ({size}); strategy "
         f"{strategy}{' (set in the recipe)' if own else ''}; model {facts.model.name}")
+    if size == "tiny":
+        log(f"preset auto: small data ({facts.rows} examples) is handled: {SMALL_DATA[strategy]}")
     for c in choices:
         shown = "kept from the recipe" if c.source == "recipe" else c.reason
         log(f"preset auto: {c.key} = {json.dumps(c.value)}  ({shown})")

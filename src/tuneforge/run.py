@@ -379,8 +379,7 @@ def phase_budget(setup: Setup, training: Training, index: int, horizon: Horizon,
     tc, phases = setup.cfg.train, training.phases
     share = phases[index].epochs / sum(p.epochs for p in phases[index:])
     per_epoch = steps_per_epoch(train_loader, tc.grad_accum)
-    built = train_loader.dataset
-    sizes = (mean_step_size(setup.train_built, per_epoch, tokens=True), len(built) / per_epoch)
+    sizes = (mean_step_size(setup.train_built, per_epoch, tokens=True), len(train_loader.dataset) / per_epoch)
     eval_rows = len(setup.val_built.dataset) / (tc.batch_size * tc.grad_accum)
     return TimeBudget(training.deadline, horizon, steps, share, per_epoch, setup.cfg.eval.every_steps, sizes,
                       eval_rows, phases[index].name, log)

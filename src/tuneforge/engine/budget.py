@@ -1,7 +1,7 @@
 """`train.time_budget`: the run ends within its wall-clock budget, final evaluation, test split and saving included.
 
-The budget counts from the start of `tuneforge.train` (a resumed run adds the training time its checkpoint had
-already spent). Each phase's LR schedule spans a `Horizon` (engine/optim.py) that `TimeBudget` sets from the
+The budget counts from the start of `tuneforge.train` (the CLI: from its process start, so the imports count too;
+a resumed run adds the training time its checkpoint had already spent). Each phase's LR schedule spans a `Horizon` (engine/optim.py) that `TimeBudget` sets from the
 measured step time (engine/timing.py: the same estimate as `tuneforge plan`):
 - the first 2 steps are left out (first kernels, allocations); after 3 measured steps the estimate gives a
   provisional horizon: the steps that fit in the time left, less the evaluations they bring and the reserve;
@@ -60,8 +60,8 @@ class TimeBudget(Callback):
                  eval_every: Optional[int], sizes: tuple[Optional[float], float], eval_rows: float, name: str,
                  log=print):
         self.deadline, self.horizon, self.cap, self.share = deadline, horizon, cap, share
-        self.steps_per_epoch, self.eval_every, self.sizes, self.eval_rows = steps_per_epoch, eval_every, sizes, \
-            eval_rows
+        self.steps_per_epoch, self.eval_every = steps_per_epoch, eval_every
+        self.sizes, self.eval_rows = sizes, eval_rows
         self.name, self.log = name, log
         self.timer = StepTimer(warmup=2)
         self.record = {"phase": name, "cap": cap}
