@@ -308,3 +308,17 @@ def test_lr_auto_finds_a_head_lr_and_a_body_lr_for_fine_tune(text_recipe, tmp_pa
     log = (r.run_dir / "train.log").read_text()
     assert "lr-find (the new head)" in log and "cached backbone features" in log
     assert f"phase head: 8 steps (8/epoch), batch 16 x accum 1, adamw lr {tests['head']['suggested_lr']:g}" in log
+
+
+def test_lr_suggestions_on_synthetic_curves():
+    from tuneforge.engine.lr_find import _minimum, _suggest, _valley
+
+    lrs = [1e-7 * 1.2 ** i for i in range(80)]  # 1e-7 .. ~1.8e-1
+    # flat, then falling from 1e-5, lowest near 1e-3, then blowing up; a noisy low first point (burn-in)
+    losses = [0.5] + [2.0 if lr < 1e-5 else 2.0 - 0.4 * math.log10(lr / 1e-5) if lr < 1e-3 else
+                      1.2 + 2 * math.log10(lr / 1e-3) for lr in lrs[1:]]
+    assert 5e-4 < _minimum(lrs, losses) < 2e-3  # the low first point is not taken for the minimum
+    assert 1e-5 <= _suggest(lrs, losses) < 1e-3
+    head = [1e-5 * 1.2 ** i for i in range(70)]  # a new head: the loss falls from the start, then diverges
+    falling = [1.0 - 0.2 * math.log10(lr / 1e-5) if lr < 1e-1 else 0.2 + 3 * math.log10(lr / 1e-1) for lr in head]
+    assert 1e-4 < _valley(head, falling) < 3e-2

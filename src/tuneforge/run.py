@@ -313,7 +313,8 @@ def choose_lrs(setup: Setup, plot_dir: Path, log) -> dict:
     lr = (tests.get("body") or tests["head"])["suggested_lr"]
     head_lr = tests["head"]["suggested_lr"] if "head" in tests and body_phase is not None else None
     return {"lr": lr, "head_phase_lr": head_lr,
-            "tests": {k: {"suggested_lr": v["suggested_lr"], "suggestions": v["suggestions"], "steps": len(v["lrs"])}
+            "tests": {k: {"suggested_lr": v["suggested_lr"], "rule": v["rule"], "suggestions": v["suggestions"],
+                          "curve": [[float(f"{a:.3g}"), round(b, 4)] for a, b in zip(v["lrs"], v["losses"])]}
                       for k, v in tests.items()}}
 
 

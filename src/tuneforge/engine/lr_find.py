@@ -42,7 +42,7 @@ def lr_range_test(bundle, task, loader, tc, accelerator, plot_path: Path | None,
     model.load_state_dict(saved)
     restore_rng(*rng)
     suggestions = {"steepest": _suggest(lrs, losses), "valley": _valley(lrs, losses),
-                   "minimum/10": lrs[min(range(len(losses)), key=losses.__getitem__)] / 10}
+                   "minimum/10": _minimum(lrs, losses) / 10}
     suggested = suggestions[rule]
     if plot_path is not None:
         _plot(lrs, losses, suggested, plot_path)
@@ -85,6 +85,13 @@ def _sweep(bundle, task, loader, accelerator, optimizer, swept: list[dict], star
 
 
 BETA = 0.9  # smoothing of the loss curve (~10 steps)
+BURN_IN = 10  # the first ~1 / (1 - BETA) points average too few batches to locate a minimum or a slope
+
+
+def _minimum(lrs: list[float], losses: list[float]) -> float:
+    """The LR where the smoothed loss is lowest, its first BURN_IN points left out."""
+    skip = BURN_IN if len(losses) > 2 * BURN_IN else 0
+    return float(lrs[min(range(skip, len(losses)), key=losses.__getitem__)])
 
 
 def _valley(lrs: list[float], losses: list[float]) -> float:
@@ -109,11 +116,11 @@ def _suggest(lrs: list[float], losses: list[float]) -> float:
     """The LR where the smoothed loss falls fastest (per log-LR), searched before the minimum."""
     if len(lrs) < 5:
         return lrs[0]
-    stop = min(range(len(losses)), key=losses.__getitem__)
-    stop = max(stop, 3)
+    skip = BURN_IN if len(losses) > 2 * BURN_IN else 1
+    stop = max(lrs.index(_minimum(lrs, losses)), skip + 2)
     grads = [(losses[i + 1] - losses[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1])) for i in
-             range(1, stop)]
-    i = min(range(len(grads)), key=grads.__getitem__) + 1
+             range(skip, stop)]
+    i = min(range(len(grads)), key=grads.__getitem__) + skip
     return float(lrs[i])
 
 
