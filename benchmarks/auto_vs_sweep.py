@@ -9,6 +9,8 @@ children) recorded next to the validation metric of the kept model (and the test
 - shipped: the shipped recipe for that kind of data, `--set data.dir=...` (plus the slice, where one is used);
 - auto: `tuneforge train --data DIR --task T` (preset: auto, nothing else set; plus the slice);
 - sweep: `tuneforge sweep` over the shipped recipe (for the hand photos: its fine-tuning variant) with SPACES.
+With --plan, `tuneforge plan --json` runs right before each train command with the same settings, and its
+estimates (time per epoch, whole run, peak RSS) are stored next to what the run measured.
 Results are appended to --out (one row per set and part); --table prints them."""
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ SETS = {
     "hymenoptera": {"data": DATA / "hymenoptera", "task": "classification", "shipped": "recipes/hymenoptera.yaml",
                     "space": IMAGE_SPACE, "sweep_set": IMAGE_FINE_TUNE},
     "conll": {"data": DATA / "conll2003", "task": "token_classification", "shipped": "recipes/conll2003.yaml",
-              "slice": ["data.max_train_samples=4000"], "space": TEXT_SPACE},
+              "slice": ["data.max_train_samples=2000"], "space": TEXT_SPACE},
     "stsb": {"data": DATA / "stsb", "task": "regression", "shipped": "recipes/stsb.yaml",
              "slice": ["data.max_train_samples=2000"], "space": TEXT_SPACE},
     "mr": {"data": UNSEEN / "mr", "task": "classification", "shipped": "recipes/sst2.yaml", "space": TEXT_SPACE},
@@ -70,11 +72,34 @@ def sets_args(values: list[str]) -> list[str]:
     return [x for v in values for x in ("--set", v)]
 
 
+def planned(name: str, part: str, common: list[str], args) -> dict:
+    """`tuneforge plan --json` with the run's own settings, right before it (the auto part: as a preset recipe)."""
+    spec = SETS[name]
+    if part == "shipped":
+        recipe, sets = spec["shipped"], [f"data.dir={spec['data']}"] + common
+    else:
+        recipe = Path(tempfile.mkdtemp()) / f"{name}-auto.yaml"
+        recipe.write_text(yaml.safe_dump({"preset": "auto", "task": spec["task"], "data": {"dir": str(spec["data"])}}))
+        sets = common
+    proc, wall, _ = timed([sys.executable, "-m", "tuneforge", "plan", str(recipe), "--json"] + sets_args(sets),
+                          args.core)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    p = json.loads(proc.stdout)
+    per_epoch = sum(ph.get("seconds_per_epoch", ph["train_seconds"] / max(ph["epochs"], 1e-9))
+                    for ph in p["phases"])
+    return {"plan_wall_s": round(wall, 1), "est_epoch_s": round(per_epoch, 1),
+            "est_epoch_error": p["phases"][0].get("relative_error"), "est_total_s": p["time"]["total_seconds"],
+            "est_total_error": p["time"]["relative_error"], "est_rss_mb": p["memory"]["peak_rss_mb"],
+            "memory": p["memory"], "warnings": p["warnings"]}
+
+
 def run_part(name: str, part: str, args) -> dict:
     spec = SETS[name]
     out = Path(args.runs) / f"{name}-{part}"
     common = ["train.threads=1", "output.progress=false"] + spec.get("slice", []) + args.set
     tf = [sys.executable, "-m", "tuneforge"]
+    plan = planned(name, part, common, args) if args.plan and part != "sweep" else None
     if part == "shipped":
         cmd = tf + ["train", spec["shipped"], "--output", str(out), "--overwrite", "--quiet"] + \
             sets_args([f"data.dir={spec['data']}"] + common)
@@ -88,7 +113,7 @@ def run_part(name: str, part: str, args) -> dict:
                     str(out)] + sets_args([f"data.dir={spec['data']}"] + spec.get("sweep_set", []) + common)
     proc, wall, cpu = timed(cmd, args.core)
     row = {"set": name, "part": part, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "run": str(out),
-           "command": " ".join(cmd), "load_avg": os.getloadavg()}
+           "command": " ".join(cmd), "load_avg": os.getloadavg(), "plan": plan}
     if proc.returncode != 0:
         return {**row, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
     return {**row, **(sweep_result(out) if part == "sweep" else run_result(out))}
@@ -98,8 +123,10 @@ def run_result(run_dir: Path) -> dict:
     s = json.loads((run_dir / "summary.json").read_text())
     metric = s["metric"]
     test = (s.get("test") or {}).get(metric)
+    loop = s["train_seconds"] - s["eval_seconds"]
     return {"metric": metric, "value": s["eval"][metric], "test": test, "train_s": s["train_seconds"],
-            "epochs": s["epochs"], "preset": s.get("preset")}
+            "epochs": s["epochs"], "epoch_s": round(loop / max(s["epochs"], 1e-9), 1),
+            "peak_rss_mb": s["peak_rss_mb"], "preset": s.get("preset")}
 
 
 def sweep_result(out: Path) -> dict:
@@ -146,6 +173,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/auto_vs_sweep.json")
     p.add_argument("--set", action="append", default=[], help="extra recipe overrides for every command")
     p.add_argument("--table", action="store_true")
+    p.add_argument("--plan", action="store_true", help="run `tuneforge plan` right before each train command")
     args = p.parse_args()
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.is_file() else []
