@@ -322,3 +322,11 @@ def test_lr_suggestions_on_synthetic_curves():
     head = [1e-5 * 1.2 ** i for i in range(70)]  # a new head: the loss falls from the start, then diverges
     falling = [1.0 - 0.2 * math.log10(lr / 1e-5) if lr < 1e-1 else 0.2 + 3 * math.log10(lr / 1e-1) for lr in head]
     assert 1e-4 < _valley(head, falling) < 3e-2
+
+
+def test_preset_finds_the_label_column_of_a_table(tmp_path):
+    (tmp_path / "train.tsv").write_text("sentence1\tsentence2\tscore\na\tb\t1.0\n", encoding="utf-8")
+    cfg = load_config({"preset": "auto", "task": "regression", "data": {"dir": str(tmp_path)}})
+    assert cfg.data.label_column == "score" and cfg.model.name == "minilm-l6"
+    given = load_config({"preset": "auto", "data": {"dir": str(tmp_path), "label_column": "x"}})
+    assert given.data.label_column == "x"

@@ -415,10 +415,10 @@ def load_config(recipe: str | Path | dict, overrides: dict[str, Any] | list[str]
     raw = copy.deepcopy(recipe) if isinstance(recipe, dict) else read_recipe(recipe)
     if overrides:
         raw = apply_overrides(raw, overrides)
-    if isinstance(raw, dict) and raw.get("preset") == "auto" and not raw.get("model"):
-        from tuneforge.presets import default_model  # no model given: the preset picks one by modality
+    if isinstance(raw, dict) and raw.get("preset") == "auto":
+        from tuneforge.presets import fill_recipe  # the model by modality, the label column, when not given
 
-        raw["model"] = default_model(raw)
+        raw = fill_recipe(raw)
     cfg = validate(raw, source)
     if cfg.output.name is None and not isinstance(recipe, dict):
         cfg.output.name = Path(recipe).stem

@@ -303,7 +303,8 @@ def apply_preset(cfg, report: dict, modality: str, train_ex, log=print):
         else:
             apply_overrides(raw, {c.key: c.value})
     log(f"preset auto: {facts.rows} {'images' if modality == 'image' else 'examples'} ({size}); strategy "
-        f"{strategy}{' (set in the recipe)' if own else ''}; model {facts.model.name}")
+        f"{strategy}{' (set in the recipe)' if own else ''}; model {facts.model.name}"
+        f"{'' if modality == 'image' else f'; labels from column {cfg.data.label_column!r}'}")
     if size == "tiny":
         log(f"preset auto: small data ({facts.rows} examples) is handled: {SMALL_DATA[strategy]}")
     for c in choices:
@@ -326,7 +327,35 @@ def _get(raw: dict, key: str):
     return node
 
 
-# ---------------------------------------------------------------- no recipe: the model by modality
+# ---------------------------------------------------------------- no recipe: the model by modality, the label column
+
+LABEL_COLUMNS = ("label", "labels", "score", "target", "y", "class", "category", "sentiment", "rating")
+
+
+def fill_recipe(raw: dict) -> dict:
+    """preset: auto with little given: the model by the data's modality, and for a table without a `label`
+    column the first usual label column it has (score, target, ...)."""
+    if not raw.get("model"):
+        raw["model"] = default_model(raw)
+    data = raw.get("data") or {}
+    if isinstance(data, dict) and data.get("dir") and not data.get("label_column"):
+        guessed = _label_column(Path(str(data["dir"])).expanduser())
+        if guessed:
+            raw["data"] = {**data, "label_column": guessed}
+    return raw
+
+
+def _label_column(folder: Path) -> Optional[str]:
+    from tuneforge.data.tables import TABLE_SUFFIXES, find_split_file, read_table
+
+    path = find_split_file(folder, "train", TABLE_SUFFIXES) if folder.is_dir() else None
+    if path is None:
+        return None
+    try:
+        columns = set(read_table(path).columns)
+    except Exception:  # noqa: BLE001 - an unreadable table is reported by the reader itself, with its row
+        return None
+    return None if "label" in columns else next((c for c in LABEL_COLUMNS if c in columns), None)
 
 
 def default_model(raw: dict) -> str:
