@@ -1,4 +1,4 @@
-"""`tuneforge train | resume | eval | predict | lr-find | export | serve | report | sweep | install-model`: user
+"""`tuneforge train | resume | plan | eval | predict | lr-find | export | serve | report | sweep | install-model`: user
 errors become one line on stderr and exit code 2."""
 from __future__ import annotations
 
@@ -16,15 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pretrained models on your own data.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train from a YAML recipe")
-    t.add_argument("recipe")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set train.lr=3e-5 (repeatable)")
-    t.add_argument("--output", help="run folder (default: runs/<recipe>-<time>)")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run in --output from its latest checkpoint (or start it if the folder is empty)")
-    t.add_argument("--quiet", action="store_true")
+    _add_train_commands(sub)
 
     r = sub.add_parser("resume", help="continue an interrupted run from its latest checkpoint")
     r.add_argument("run_dir")
@@ -67,6 +59,28 @@ def _parser() -> argparse.ArgumentParser:
     _add_observe_commands(sub)
     _add_ship_commands(sub)
     return p
+
+
+def _add_train_commands(sub) -> None:
+    """`train` (a recipe, or --data alone with preset: auto) and `plan`."""
+    t = sub.add_parser("train", help="train from a YAML recipe, or from --data alone (preset: auto)")
+    t.add_argument("recipe", nargs="?", help="YAML recipe; without one, --data (and --task) with preset: auto")
+    t.add_argument("--data", help="no recipe: the data folder (train/dev files or an image folder tree)")
+    t.add_argument("--task", default="classification", help="no recipe: the task type (default classification)")
+    t.add_argument("--model", help="no recipe: the model (default: minilm-l6 for text, efficientnet-lite0 for images)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.lr=3e-5 (repeatable)")
+    t.add_argument("--output", help="run folder (default: runs/<recipe>-<time>)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its latest checkpoint (or start it if the folder is empty)")
+    t.add_argument("--quiet", action="store_true")
+
+    pl = sub.add_parser("plan", help="what a run would cost on this machine (time, memory) and warnings; trains "
+                        "and writes nothing")
+    pl.add_argument("recipe")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pl.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
 
 def _add_observe_commands(sub) -> None:
@@ -125,15 +139,44 @@ def _print_result(result) -> None:
 def _cmd_train(a) -> None:
     from tuneforge.run import train
 
-    _print_result(train(a.recipe, a.overrides, output=a.output, overwrite=a.overwrite, resume=a.resume,
-                        quiet=a.quiet))
+    _print_result(train(_recipe_or_data(a), a.overrides, output=a.output, overwrite=a.overwrite, resume=a.resume,
+                        quiet=a.quiet, started=_process_started()))
+
+
+def _process_started() -> float:
+    """This process's start on the time.perf_counter() clock: train.time_budget counts the imports too."""
+    import time
+
+    import psutil
+
+    return time.perf_counter() - (time.time() - psutil.Process().create_time())
+
+
+def _recipe_or_data(a):
+    """The recipe path, or for `train --data DIR` a preset: auto recipe built from the options."""
+    if a.recipe and a.data:
+        raise TuneforgeError("give a recipe or --data, not both (set data.dir in the recipe with --set data.dir=...)")
+    if a.recipe:
+        return a.recipe
+    if not a.data:
+        raise TuneforgeError("give a recipe (e.g. recipes/sst2.yaml) or --data DIR for a run with preset: auto")
+    recipe = {"preset": "auto", "task": a.task, "data": {"dir": a.data},
+              "output": {"name": Path(a.data).expanduser().resolve().name}}
+    return {**recipe, "model": a.model} if a.model else recipe
+
+
+def _cmd_plan(a) -> None:
+    from tuneforge.plan import format_plan, plan
+
+    result = plan(a.recipe, a.overrides)
+    print(json.dumps(result, indent=1, default=str) if a.json else format_plan(result))
 
 
 def _cmd_resume(a) -> None:
     from tuneforge.run import resume
 
     _print_result(resume(a.run_dir, quiet=a.quiet, accept_changes=a.accept_changes,
-                         trust_remote_code=a.trust_remote_code))
+                         trust_remote_code=a.trust_remote_code, started=_process_started()))
 
 
 def _predictor(a):
@@ -253,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        {"train": _cmd_train, "resume": _cmd_resume, "lr-find": _cmd_lr_find, "eval": _cmd_eval,
+        {"train": _cmd_train, "resume": _cmd_resume, "plan": _cmd_plan, "lr-find": _cmd_lr_find, "eval": _cmd_eval,
          "predict": _cmd_predict, "install-model": _cmd_install_model, "report": _cmd_report,
          "sweep": _cmd_sweep, "export": _cmd_export, "serve": _cmd_serve}[args.command](args)
     except TuneforgeError as e:

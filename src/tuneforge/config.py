@@ -218,6 +218,14 @@ class TrainConfig(_Section):
     # non-finite loss / gradients: stop with an error, skip the update, or reload the last checkpoint at a lower LR
     nan_policy: Literal["stop", "skip", "rollback"] = "stop"
     nan_lr_factor: float = Field(0.5, gt=0.0, lt=1.0)  # rollback: LR multiplier per rollback
+    # ---- wall-clock budget (engine/budget.py): "90s", "20m", "1.5h" or seconds. The run ends within it, final
+    # evaluation and saving included; the LR schedule spans the steps it affords; epochs / max_steps are upper bounds
+    time_budget: Optional[float] = Field(None, gt=0.0)
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
 
 
 class EvalConfig(_Section):
@@ -247,6 +255,9 @@ class OutputConfig(_Section):
 
 
 class Config(_Section):
+    # auto: choose the strategy, schedule, batch size, regularisation, ... from the data report and the model
+    # (presets.py); every key the recipe sets itself wins over the preset's choice
+    preset: Optional[Literal["auto"]] = None
     task: TaskConfig = TaskConfig()
     model: ModelConfig
     data: DataConfig = DataConfig()
@@ -285,6 +296,33 @@ class Config(_Section):
         if not (d.dir or d.source or d.train):
             raise ValueError("data: give data.dir, data.train or data.source (e.g. sklearn-digits)")
         return self
+
+
+# ---------------------------------------------------------------- durations and explicit keys
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|hr)?\s*", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '20m', '1.5h' or '600' (seconds) → seconds."""
+    m = _DURATION.fullmatch(text)
+    if not m:
+        raise ValueError("give a duration such as 90s, 20m, 1.5h or a number of seconds")
+    return float(m.group(1)) * _UNIT_SECONDS[(m.group(2) or "s").lower()]
+
+
+def explicit_keys(cfg: BaseModel, prefix: str = "") -> set[str]:
+    """The dotted keys the recipe (with its --set overrides) gave itself, defaults left out: pydantic records them
+    at validation (`model_fields_set`), so the raw recipe's keys survive into the validated config."""
+    keys = set()
+    for name in cfg.model_fields_set:
+        keys.add(prefix + name)
+        value = getattr(cfg, name)
+        if isinstance(value, BaseModel):
+            keys |= explicit_keys(value, f"{prefix}{name}.")
+    return keys
 
 
 # ---------------------------------------------------------------- loading and overrides
@@ -377,6 +415,10 @@ def load_config(recipe: str | Path | dict, overrides: dict[str, Any] | list[str]
     raw = copy.deepcopy(recipe) if isinstance(recipe, dict) else read_recipe(recipe)
     if overrides:
         raw = apply_overrides(raw, overrides)
+    if isinstance(raw, dict) and raw.get("preset") == "auto":
+        from tuneforge.presets import fill_recipe  # the model by modality, the label column, when not given
+
+        raw = fill_recipe(raw)
     cfg = validate(raw, source)
     if cfg.output.name is None and not isinstance(recipe, dict):
         cfg.output.name = Path(recipe).stem

@@ -6,6 +6,7 @@ components, fit → finish (the kept model, final and test evaluation, model/) �
 `lr_find` reuses `prepare`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -25,16 +26,20 @@ from tuneforge.engine.feature_cache import cached_loaders, feature_cache_usable
 from tuneforge.engine.guards import NanGuard, is_oom, oom_error
 from tuneforge.engine.loop import MATH_ATTENTION_BELOW, Components, evaluate, evaluating, fit, make_loader, \
     steps_per_epoch
-from tuneforge.engine.optim import create_optimizer, create_scheduler, total_steps
+from tuneforge.engine.budget import STOPPED as BUDGET_STOPPED
+from tuneforge.engine.budget import Deadline, TimeBudget
+from tuneforge.engine.optim import Horizon, create_optimizer, create_scheduler, total_steps
 from tuneforge.engine.restore import StateRestorer
 from tuneforge.engine.run_folder import RunFolder, check_run_record, environment, open_run_folder
 from tuneforge.engine.snapshot import TrainingSnapshot
 from tuneforge.engine.state import LoopState
+from tuneforge.engine.timing import mean_step_size
 from tuneforge.engine.trainable import Phase, check_trainable, head_names, merge_lora, plan_phases, prepare_trainable
 from tuneforge.errors import ConfigError
 from tuneforge.metrics import scalars
 from tuneforge.models import MODEL_SOURCES, create_model, resolve_source, save_model
 from tuneforge.models.base import write_json
+from tuneforge.presets import apply_preset
 from tuneforge.tasks import Task, create_task
 from tuneforge.tasks.base import Built
 from tuneforge.trackers import create_trackers, require_packages
@@ -78,6 +83,7 @@ class Setup:
     val_loader: Any
     speed: dict  # the speed features that are on
     checkpointing: bool
+    preset: Optional[dict] = None  # preset: auto's choices and their reasons (presets.py)
 
 
 @dataclass
@@ -96,31 +102,37 @@ class Training:
     metric: str
     mode: str
     trackers: list  # TensorBoard / MLflow (output.loggers): callbacks in every phase, told when the run ends
+    deadline: Optional[Deadline] = None  # train.time_budget
+    lr_auto: Optional[dict] = None  # lr: auto's range tests and the LRs they chose
 
 
 def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | None = None, *,
           output: Optional[str] = None, overwrite: bool = False, resume: bool = False, quiet: bool = False,
-          callbacks: tuple[Callback, ...] = (), accept_changes: bool = False) -> RunResult:
+          callbacks: tuple[Callback, ...] = (), accept_changes: bool = False,
+          started: Optional[float] = None) -> RunResult:
     """resume=True continues the run in the output folder from its latest checkpoint (or starts it);
     accept_changes=True lets it continue although threads, precision or library versions changed.
-    `callbacks` are added to every phase's callbacks (before the checkpointer, which saves their effect)."""
+    `callbacks` are added to every phase's callbacks (before the checkpointer, which saves their effect).
+    `started`: the time.perf_counter() value train.time_budget counts from (default: now; the CLI passes its
+    process start, so imports count too)."""
     log, state = RunLog(quiet), LoopState()
+    started = time.perf_counter() if started is None else started
     cfg = load_config(recipe, overrides)
     with oom_as_error(cfg, state):
         setup = prepare(cfg, log)
-        with open_run_folder(cfg, output, overwrite, resume, _user_paths(recipe, cfg), log) as folder:
+        with open_run_folder(setup.cfg, output, overwrite, resume, _user_paths(recipe, cfg), log) as folder:
             if folder.finished:
                 log(f"{folder.path} already finished (summary.json); nothing to resume")
                 return RunResult.read(folder.path)
             record_start(setup, folder, accept_changes, log)
-            training = prepare_training(setup, folder, log)
+            training = prepare_training(setup, folder, log, started)
             folder.keep()  # training starts: from here on the folder is the user's record, never removed
             for index, phase in enumerate(training.phases):
                 if training.restorer.skip_phase(index):  # finished before the checkpoint being resumed
                     continue
                 components = build_phase(setup, training, phase, index, state, callbacks, quiet, log)
                 fit_phase(components, state, phase, training.metric, log)
-                if state.stop_reason.startswith("target"):
+                if state.stop_reason.startswith(("target", BUDGET_STOPPED)):
                     break
             final, test = finish(setup, training, state, log)
             summary = build_summary(setup, training, state, final, test)
@@ -130,7 +142,7 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
 
 
 def resume(run_dir: str | Path, quiet: bool = False, accept_changes: bool = False,
-           trust_remote_code: bool = False) -> RunResult:
+           trust_remote_code: bool = False, started: Optional[float] = None) -> RunResult:
     """Continue a run from its latest complete checkpoint, with the config it was started with. A run folder's
     config.yaml can ask for remote code: that runs only with trust_remote_code."""
     path = Path(run_dir).expanduser()
@@ -140,7 +152,8 @@ def resume(run_dir: str | Path, quiet: bool = False, accept_changes: bool = Fals
     if cfg.model.trust_remote_code and not trust_remote_code:
         raise ConfigError(f"{path / 'config.yaml'} sets model.trust_remote_code: true (resuming runs code from the "
                           "model folder); pass --trust-remote-code if you trust this run folder")
-    return train(path / "config.yaml", output=str(path), resume=True, quiet=quiet, accept_changes=accept_changes)
+    return train(path / "config.yaml", output=str(path), resume=True, quiet=quiet, accept_changes=accept_changes,
+                 started=started)
 
 
 @contextmanager
@@ -179,6 +192,11 @@ def prepare(cfg: Config, log) -> Setup:
     report = build_report(train_ex, val_ex, modality, task.class_counts(train_ex))
     for line in describe(report):
         log(line)
+    preset = None
+    if cfg.preset == "auto":  # the recipe, chosen from the data report; the task is rebuilt on it
+        cfg, preset = apply_preset(cfg, report, modality, train_ex, log)
+        task = create_task(cfg, log)
+        task.fit_labels(train_ex, val_ex)
     report["imbalance_remedy"] = task.choose_imbalance(report)
     task.make_loss()
     bundle = create_model(cfg.model, task.head_spec(), log=log)
@@ -197,7 +215,7 @@ def prepare(cfg: Config, log) -> Setup:
     train_loader = make_loader(built["train"], tc.batch_size, True, tc.seed, data.num_workers, data.group_by_length)
     val_loader = make_loader(built["val"], cfg.eval_batch_size, False, tc.seed, data.num_workers)
     return Setup(cfg, task, bundle, accelerator, precision, threads, train_ex, val_ex, test_ex, report,
-                 built["train"], built["val"], built.get("test"), train_loader, val_loader, speed, checkpointing)
+                 built["train"], built["val"], built.get("test"), train_loader, val_loader, speed, checkpointing, preset)
 
 
 def use_speed_features(bundle, cfg: Config, log) -> dict:
@@ -223,7 +241,8 @@ def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = Non
     log.attach(plot_path.with_suffix(".log"))
     result = lr_range_test(setup.bundle, setup.task, setup.train_loader, cfg.train, setup.accelerator, plot_path,
                            log)
-    return {"suggested_lr": result["suggested_lr"], "plot": str(plot_path), "steps": len(result["lrs"])}
+    return {"suggested_lr": result["suggested_lr"], "suggestions": result["suggestions"], "plot": str(plot_path),
+            "steps": len(result["lrs"])}
 
 
 # ---------------------------------------------------------------- 2. the run folder and the run-wide pieces
@@ -241,15 +260,16 @@ def record_start(setup: Setup, folder: RunFolder, accept_changes: bool, log) -> 
     write_json(folder.path / "data_report.json", setup.report)
 
 
-def prepare_training(setup: Setup, folder: RunFolder, log) -> Training:
+def prepare_training(setup: Setup, folder: RunFolder, log, started: Optional[float] = None) -> Training:
     cfg, tc, accelerator = setup.cfg, setup.cfg.train, setup.accelerator
     setup.task.before_training(setup.bundle, folder.path, resumed=not folder.created, log=log)
-    lr = tc.lr
-    if lr == "auto":
-        from tuneforge.engine.lr_find import lr_range_test
-
-        lr = lr_range_test(setup.bundle, setup.task, setup.train_loader, tc, accelerator, folder.path /
-                           "lr_find.png", log)["suggested_lr"]
+    lr, lr_auto = tc.lr, None
+    if lr == "auto":  # deterministic (pretrained weights, restored RNG): a resumed run finds the same LRs
+        lr_auto = choose_lrs(setup, folder.path, log)
+        lr = lr_auto["lr"]
+    phases = plan_phases(tc, lr)
+    if lr_auto and lr_auto.get("head_phase_lr") and len(phases) > 1:
+        phases[0] = dataclasses.replace(phases[0], lr=lr_auto["head_phase_lr"])
     setup.bundle.replace_model(accelerator.prepare(setup.bundle.model))
     model = setup.bundle.model
     params = count_params(model)
@@ -260,8 +280,53 @@ def prepare_training(setup: Setup, folder: RunFolder, log) -> Training:
     ema = WeightEMA(accelerator.unwrap_model(model), tc.ema) if tc.ema else None
     guard = NanGuard(tc.nan_policy, tc.nan_lr_factor, check_grads=accelerator.scaler is None, log=log)
     trackers = create_trackers(cfg, folder.path, setup.bundle, setup.task.labels, resumed=not folder.created)
-    return Training(folder, lr, plan_phases(tc, lr), StateRestorer(folder, log), guard, ema, model, params,
-                    rss_at_start, metric, setup.task.metric_mode(metric), trackers)
+    restorer = StateRestorer(folder, log)
+    deadline = make_deadline(setup, restorer, started) if tc.time_budget else None
+    return Training(folder, lr, phases, restorer, guard, ema, model, params,
+                    rss_at_start, metric, setup.task.metric_mode(metric), trackers, deadline, lr_auto)
+
+
+def choose_lrs(setup: Setup, plot_dir: Path, log) -> dict:
+    """lr: auto: the LR range test once for the new head alone (a head phase or a linear probe; on cached backbone
+    features where they apply), once for the whole model (the phase that trains it) → {lr, head_phase_lr, tests}."""
+    from tuneforge.engine.lr_find import RULES, lr_range_test
+
+    cfg, tc, bundle, quiet = setup.cfg, setup.cfg.train, setup.bundle, (lambda *_: None)
+    phases = plan_phases(tc, 1.0)  # which kinds of phases run; their LRs come from here
+    head_phase = next((p for p in phases if p.frozen_backbone), None)
+    body_phase = next((p for p in phases if not p.frozen_backbone), None)
+    tests = {}
+    if head_phase is not None and not (body_phase and tc.head_lr):
+        head_phase.apply(bundle, tc, quiet)
+        head = feature_cache_usable(cfg, setup.task, bundle, head_phase)
+        run_bundle, loader, _ = cached_loaders(cfg, setup.task, bundle, head, setup, setup.accelerator, log) \
+            if head else (bundle, setup.train_loader, None)
+        tests["head"] = lr_range_test(run_bundle, setup.task, loader, tc, setup.accelerator,
+                                      plot_dir / "lr_find_head.png", log, start=1e-5, end=10.0, what="the new head",
+                                      rule=RULES["head"])
+    if body_phase is not None:
+        body_phase.apply(bundle, tc, quiet)
+        fixed = (head_names(bundle), tc.head_lr) if tc.head_lr else None  # the head keeps its own LR
+        tests["body"] = lr_range_test(bundle, setup.task, setup.train_loader, tc, setup.accelerator,
+                                      plot_dir / "lr_find.png", log, what="the whole model", rule=RULES["body"],
+                                      fixed=fixed)
+    lr = (tests.get("body") or tests["head"])["suggested_lr"]
+    head_lr = tests["head"]["suggested_lr"] if "head" in tests and body_phase is not None else None
+    return {"lr": lr, "head_phase_lr": head_lr,
+            "tests": {k: {"suggested_lr": v["suggested_lr"], "rule": v["rule"], "suggestions": v["suggestions"],
+                          "curve": [[float(f"{a:.3g}"), round(b, 4)] for a, b in zip(v["lrs"], v["losses"])]}
+                      for k, v in tests.items()}}
+
+
+def make_deadline(setup: Setup, restorer: StateRestorer, started: Optional[float]) -> Deadline:
+    """train.time_budget from `started` (a resumed run adds what its checkpoint had trained), and what the end of
+    the run needs: the kept model's evaluation, report.html's pass over validation, the test split, saving."""
+    val_rows = max(len(setup.val_built.dataset), 1)
+    test_rows = len(setup.test_built.dataset) if setup.test_built is not None else 0
+    passes = 1 + (1 if setup.cfg.output.report else 0) + test_rows / val_rows
+    weights = sum(p.numel() * p.element_size() for p in setup.bundle.model.parameters())
+    return Deadline(setup.cfg.train.time_budget, started or time.perf_counter(), restorer.resumed_wall_seconds,
+                    passes, save_seconds=0.5 + 2 * weights / 100e6)  # reading the best checkpoint, writing model/
 
 
 # ---------------------------------------------------------------- 3. phases
@@ -280,7 +345,8 @@ def build_phase(setup: Setup, training: Training, phase: Phase, index: int, stat
         run_bundle, train_loader, val_loader = cached_loaders(cfg, setup.task, bundle, head, setup, accelerator, log)
     optimizer = accelerator.prepare(create_optimizer(training.model, ptc, head_names(bundle)))
     steps = total_steps(ptc, train_loader.batch_sampler.total)
-    scheduler = create_scheduler(optimizer, ptc, steps)
+    horizon = Horizon(ptc, steps) if training.deadline else None  # train.time_budget sets it while training
+    scheduler = create_scheduler(optimizer, ptc, steps, horizon)
     state.start_phase(steps)
     log_phase(setup, training, phase, steps, steps_per_epoch(train_loader, tc.grad_accum), bool(head), log)
     es = cfg.early_stopping
@@ -293,6 +359,8 @@ def build_phase(setup: Setup, training: Training, phase: Phase, index: int, stat
                                 ema.weights if ema else None)
     callbacks = ([ema] if ema else []) + [MetricsLogger(training.folder.path, log), stopper, *extra_callbacks,
                                           *training.trackers, checkpointer]  # last: it saves the others' state
+    if horizon is not None:  # after the checkpointer: an evaluation's cost includes its checkpoint
+        callbacks.append(phase_budget(setup, training, index, horizon, steps, train_loader, log))
     callbacks += [chaos.ChaosPoints()] if chaos.enabled() else []
     callbacks += [ProgressBar(console)] if cfg.output.progress and not quiet else []
     training.restorer.restore(snapshot, state)
@@ -303,6 +371,19 @@ def build_phase(setup: Setup, training: Training, phase: Phase, index: int, stat
         train_mode=phase.train_mode(bundle, tc), eval_weights=ema.applied if ema else nullcontext,
         grad_accum=tc.grad_accum, grad_clip=tc.grad_clip, eval_every=cfg.eval.every_steps, metric=training.metric,
         mode=training.mode)
+
+
+def phase_budget(setup: Setup, training: Training, index: int, horizon: Horizon, steps: int, train_loader,
+                 log) -> TimeBudget:
+    """This phase's part of train.time_budget: all that is left for the last phase, else its share by planned
+    epochs."""
+    tc, phases = setup.cfg.train, training.phases
+    share = phases[index].epochs / sum(p.epochs for p in phases[index:])
+    per_epoch = steps_per_epoch(train_loader, tc.grad_accum)
+    sizes = (mean_step_size(setup.train_built, per_epoch, tokens=True), len(train_loader.dataset) / per_epoch)
+    eval_rows = len(setup.val_built.dataset) / (tc.batch_size * tc.grad_accum)
+    return TimeBudget(training.deadline, horizon, steps, share, per_epoch, setup.cfg.eval.every_steps, sizes,
+                      eval_rows, phases[index].name, log)
 
 
 def log_phase(setup: Setup, training: Training, phase: Phase, steps: int, per_epoch: int, cached: bool, log) -> None:
@@ -361,7 +442,10 @@ def build_summary(setup: Setup, training: Training, state: LoopState, final: dic
         "steps": state.step,
         "epochs": state.epoch_progress(setup.train_loader.batch_sampler.total),
         "lr": training.lr,
-        "strategies": strategies_summary(setup, training),
+        "lr_auto": training.lr_auto,
+        "strategies": strategies_summary(setup, training.phases),
+        "preset": setup.preset,
+        "time_budget": training.deadline.summary() if training.deadline else None,
         "train_seconds": round(state.wall_seconds, 3),
         "samples_seen": state.samples_seen,
         "eval_seconds": round(state.eval_seconds, 3),
@@ -382,10 +466,10 @@ def build_summary(setup: Setup, training: Training, state: LoopState, final: dic
     }
 
 
-def strategies_summary(setup: Setup, training: Training) -> dict:
+def strategies_summary(setup: Setup, phases: list[Phase]) -> dict:
     cfg, tc, text = setup.cfg, setup.cfg.train, setup.bundle.modality == "text"
     cpu_text = setup.accelerator.device.type == "cpu" and text
-    return {"phases": [p.name for p in training.phases], "freeze": tc.freeze,
+    return {"phases": [p.name for p in phases], "freeze": tc.freeze,
             "freeze_embeddings": tc.freeze_embeddings, "lora": tc.lora.model_dump() if tc.lora else None,
             "layer_decay": tc.layer_decay, "head_lr": tc.head_lr,
             "channels_last": setup.speed["channels_last"], "ema": tc.ema,

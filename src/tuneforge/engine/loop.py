@@ -82,6 +82,14 @@ def forward(task: Task, bundle, batch: dict, accelerator, train: bool = False) -
         return task.forward(bundle, batch), batch
 
 
+def forward_backward(task: Task, bundle, batch: dict, accelerator, grad_accum: int = 1) -> tuple[torch.Tensor, dict]:
+    """A training micro-batch: forward, the task's training loss, backward (gradients accumulate) → (loss, batch)."""
+    outputs, batch = forward(task, bundle, batch, accelerator, train=True)
+    loss = task.train_loss(outputs, batch)
+    accelerator.backward(loss / grad_accum)
+    return loss, batch
+
+
 @torch.no_grad()
 def evaluate(bundle, task: Task, loader: DataLoader, accelerator) -> dict:
     """Streams the metrics: per batch only argmax / small summaries go to the CPU accumulator.
@@ -156,9 +164,7 @@ def train_one_epoch(c: Components, state: LoopState) -> None:
         i = state.batch_in_epoch
         sync = (i + 1) % c.grad_accum == 0 or i + 1 == sampler.total
         with nullcontext() if sync else acc.no_sync(model):
-            outputs, batch = forward(c.task, c.bundle, batch, acc, train=True)
-            loss = c.task.train_loss(outputs, batch)
-            acc.backward(loss / c.grad_accum)
+            loss, batch = forward_backward(c.task, c.bundle, batch, acc, c.grad_accum)
         state.batch_in_epoch += 1
         state.samples_seen += len(batch["labels"])
         if "attention_mask" in batch:

@@ -5,6 +5,7 @@ import math
 from typing import Optional
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
 from tuneforge.engine.trainable import layer_depths
@@ -42,6 +43,38 @@ def total_steps(tcfg, batches_per_epoch: int) -> int:
     return tcfg.max_steps or max(1, math.ceil(tcfg.epochs * per_epoch))
 
 
-def create_scheduler(optimizer, tcfg, steps: int):
+def create_scheduler(optimizer, tcfg, steps: int, horizon: Optional["Horizon"] = None):
+    """transformers' schedule over `steps`; with a `horizon` (train.time_budget) the same shapes over a horizon that
+    is set while training runs."""
+    if horizon is not None:
+        return LambdaLR(optimizer, horizon)
     warmup = tcfg.warmup_steps if tcfg.warmup_steps is not None else int(tcfg.warmup_ratio * steps)
     return get_scheduler(SCHEDULES[tcfg.schedule], optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+
+
+class Horizon:
+    """The LR multiplier of train.schedule (linear / cosine / constant, with warm-up; the formulas of transformers'
+    get_scheduler) over `steps` that can change while training runs (train.time_budget sets them once the step time
+    is known). A callable object, not a function: LambdaLR's state_dict keeps its attributes, so every checkpoint
+    holds the horizon and a resumed run continues on the same schedule."""
+
+    def __init__(self, tcfg, steps: int):
+        self.shape, self.steps, self.fixed = tcfg.schedule, steps, False
+        self.warmup_ratio, self.warmup_steps = tcfg.warmup_ratio, tcfg.warmup_steps
+
+    def set(self, steps: int, fixed: bool) -> None:
+        self.steps, self.fixed = max(1, steps), fixed
+
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * self.steps)
+
+    def __call__(self, step: int) -> float:
+        warmup = self.warmup()
+        if step < warmup:
+            return step / max(1, warmup)
+        if self.shape == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, self.steps - warmup)
+        if self.shape == "linear":
+            return max(0.0, 1.0 - progress)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))

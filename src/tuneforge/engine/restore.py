@@ -35,6 +35,11 @@ class StateRestorer:
             truncate_history(self.run_dir, 0)
             log("resume: no complete checkpoint yet; starting this run from the beginning")
 
+    @property
+    def resumed_wall_seconds(self) -> float:
+        """Training time the checkpoint being resumed had already spent (0 for a fresh run)."""
+        return float(self.loaded[2]["train_state"]["wall_seconds"]) if self.loaded else 0.0
+
     def skip_phase(self, index: int) -> bool:
         """True for phases that finished before the checkpoint being resumed."""
         return self.loaded is not None and index < self.phase
