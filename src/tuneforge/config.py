@@ -135,7 +135,7 @@ class DataConfig(_Section):
     pad_to_multiple_of: int = Field(1, ge=1)
     image_size: Optional[int] = Field(None, gt=7)  # None: the model's own input size
     augment: AugmentConfig = AugmentConfig()
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=256)  # worker processes; a huge count would fork until the OS refuses
     cache_images_mb: int = Field(4096, ge=0)  # decoded-image cache bound; 0 = decode every time
     on_bad_sample: Literal["error", "skip"] = "error"
     # class imbalance: auto picks class_weights once max/min class count reaches imbalance_threshold
@@ -215,7 +215,8 @@ class TrainConfig(_Section):
     grad_clip: Optional[float] = Field(1.0, gt=0.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = Field(0, ge=0, lt=2**32)
-    threads: Optional[int] = Field(None, gt=0)  # torch intra-op threads; None = all cores
+    # torch intra-op threads; None = all cores (torch overflows above 2^31, and OpenMP aborts far below that)
+    threads: Optional[int] = Field(None, gt=0, le=1024)
     # non-finite loss / gradients: stop with an error, skip the update, or reload the last checkpoint at a lower LR
     nan_policy: Literal["stop", "skip", "rollback"] = "stop"
     nan_lr_factor: float = Field(0.5, gt=0.0, lt=1.0)  # rollback: LR multiplier per rollback
