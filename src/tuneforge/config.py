@@ -5,12 +5,23 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneforge.errors import ConfigError
+
+
+def _lookup_able(v: str) -> str:
+    """A path the OS can look up: a longer name makes the lookup itself fail (ENAMETOOLONG), not "not found"."""
+    size = len(v.encode("utf-8", "surrogatepass"))
+    if size > 4096 or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in v.split("/")):
+        raise ValueError(f"not a usable path: {'longer than 4096 bytes' if size > 4096 else 'a name over 255 bytes'}")
+    return v
+
+
+PathStr = Annotated[str, AfterValidator(_lookup_able)]  # a file, folder, or model / hub name
 
 
 class _Section(BaseModel):
@@ -41,9 +52,9 @@ class TaskConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: str  # alias (minilm-l6, efficientnet-lite0), HF folder / hub id, timm or torchvision name
+    name: PathStr  # alias (minilm-l6, efficientnet-lite0), HF folder / hub id, timm or torchvision name
     source: Literal["auto", "hf", "timm", "torchvision"] = "auto"
-    weights: Optional[str] = None  # local weights file for timm / torchvision
+    weights: Optional[PathStr] = None  # local weights file for timm / torchvision
     pretrained: bool = True  # False: random init (tests, from-scratch baselines)
     trust_remote_code: bool = False
     # text pairs: one joint sequence (cross-encoder), or each text encoded alone, mean-pooled and compared
@@ -91,7 +102,7 @@ class AugmentConfig(_Section):
     # additive noise at this SNR (a number, or [low, high] drawn uniformly); None = off
     noise_snr_db: Union[float, tuple[float, float], None] = None
     noise_prob: float = Field(0.5, ge=0.0, le=1.0)  # share of train clips that get noise
-    noise_dir: Optional[str] = None  # noise clips (any audio soundfile reads); None = white noise
+    noise_dir: Optional[PathStr] = None  # noise clips (any audio soundfile reads); None = white noise
 
     @field_validator("noise_snr_db")
     @classmethod
@@ -109,13 +120,13 @@ class LoraConfig(_Section):
 
 
 class DataConfig(_Section):
-    dir: Optional[str] = None  # folder holding train/val files (or an ImageFolder tree)
+    dir: Optional[PathStr] = None  # folder holding train/val files (or an ImageFolder tree)
     source: Optional[str] = None  # built-in source, e.g. sklearn-digits
-    train: Optional[str] = None  # file or folder; relative paths are taken from data.dir
-    val: Optional[str] = None
+    train: Optional[PathStr] = None  # file or folder; relative paths are taken from data.dir
+    val: Optional[PathStr] = None
     # a labelled split evaluated once with the kept model: None = a test.* file under data.dir if it has labels
     # (an unlabelled one, e.g. GLUE's test.tsv, is skipped with a log line); false = none; or a path
-    test: Union[str, Literal[False], None] = None
+    test: Union[PathStr, Literal[False], None] = None
     text_column: Optional[str] = None  # None: guess (sentence, text, ...)
     text_pair_column: Optional[str] = None
     pair_swap: bool = False  # order-free pairs (similarity, paraphrase): also train on (second, first)
@@ -237,7 +248,7 @@ class EarlyStoppingConfig(_Section):
 
 
 class OutputConfig(_Section):
-    dir: Optional[str] = None  # None: runs/<name>-<timestamp>
+    dir: Optional[PathStr] = None  # None: runs/<name>-<timestamp>
     name: Optional[str] = None
     keep_checkpoints: int = Field(1, ge=0)  # most recent periodic checkpoints kept (the best is always kept)
     progress: bool = True
