@@ -313,22 +313,41 @@ def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def _format_error(err: dict) -> str:
-    loc = [str(p) for p in err["loc"]]
+def _key_path(loc: tuple, unknown_last: bool) -> list[str]:
+    """The recipe key an error is about, without pydantic's union-member tags (`float`, `literal['auto']`)."""
+    model: Any = Config
+    out = []
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out.append(str(part))
+        elif model is not None and part in model.model_fields:
+            out.append(part)
+            ann = model.model_fields[part].annotation
+            model = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and
+                          issubclass(a, BaseModel)), None)
+        elif unknown_last and i == len(loc) - 1:
+            out.append(str(part))
+    return out
+
+
+def _format_error(err: dict) -> tuple[str, str, str]:
+    """→ (key path, message, " (got <value>)" or "")."""
+    loc = _key_path(err["loc"], err["type"] == "extra_forbidden")
     path = ".".join(loc) or "recipe"
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(Config, loc[:-1])
         close = difflib.get_close_matches(loc[-1], allowed, n=1)
         hint = f" (did you mean '{'.'.join(loc[:-1] + close)}'?)" if close else ""
-        return f"unknown key '{path}'{hint}; allowed: {', '.join(allowed)}"
+        return path, f"unknown key '{path}'{hint}; allowed: {', '.join(allowed)}", ""
     if err["type"] == "missing":
-        return f"missing key '{path}'"
+        return path, f"missing key '{path}'", ""
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error" and not loc:
-        return msg
+        return path, msg, ""
     given = err.get("input")
-    shown = f" (got {given!r})" if not isinstance(given, (dict, list)) else ""
-    return f"'{path}': {msg}{shown}"
+    shown = repr(given) if not isinstance(given, (dict, list)) else ""
+    shown = f" (got {shown[:60] + '...' if len(shown) > 64 else shown})" if shown else ""
+    return path, f"'{path}': {msg}", shown
 
 
 def validate(raw: dict, source: str = "recipe") -> Config:
@@ -337,9 +356,15 @@ def validate(raw: dict, source: str = "recipe") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        lines = [_format_error(err) for err in e.errors()]
-        extra = f" (+{len(lines) - 1} more: {'; '.join(lines[1:])})" if len(lines) > 1 else ""
-        raise ConfigError(f"{source}: {lines[0]}{extra}") from None
+        lines: dict[str, list[str]] = {}
+        for path, line, shown in map(_format_error, e.errors()):
+            if path in lines:  # a union (a number or 'auto', a path or false) fails once per member: one line
+                lines[path][0] += f"; or {line.split(': ', 1)[-1]}"
+            else:
+                lines[path] = [line, shown]
+        first, *rest = ["".join(x) for x in lines.values()]
+        extra = f" (+{len(rest)} more: {'; '.join(rest)})" if rest else ""
+        raise ConfigError(f"{source}: {first}{extra}") from None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
