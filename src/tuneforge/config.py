@@ -113,8 +113,10 @@ class AugmentConfig(_Section):
 
 
 class LoraConfig(_Section):
-    r: int = Field(8, gt=0)
-    alpha: float = Field(16.0, gt=0.0)
+    # bounded: a rank of 2^40 cannot be allocated (a traceback), and the adapters' scale alpha / r of 1e30 makes
+    # the first gradient infinite; published settings stay far below both
+    r: int = Field(8, gt=0, le=4096)
+    alpha: float = Field(16.0, gt=0.0, le=10_000.0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     target_modules: Optional[list[str]] = None  # None: peft's default for the architecture
 
