@@ -508,7 +508,8 @@ def _mistake_cases() -> dict[str, Case]:
         "config_recipe_path_too_long": Case("config", lambda w, c: Run(["train", str(w / ("r" * 300 + ".yaml"))],
                                                                          w / "run", ("path too long",)), "error"),
         "config_huge_thread_count": Case("config", c_(("train.threads", "1024"), train={"threads": 2**31}), "error"),
-        "config_huge_worker_count": Case("config", c_(("data.num_workers", "256"), data={"num_workers": 10**6}),
+        # just above the bound: were the bound lost, 257 workers (not a million) would start
+        "config_huge_worker_count": Case("config", c_(("data.num_workers", "256"), data={"num_workers": 257}),
                                          "error"),
     }
 
