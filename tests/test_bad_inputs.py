@@ -4,12 +4,19 @@
   skip  — with data.on_bad_sample: skip, the run finishes and summary.json counts the skipped rows;
   ok    — inputs that must just work (grayscale / RGBA / CMYK / 16-bit images, odd paths, a head to replace).
 
+Most cases run `tuneforge train` on a generated recipe; a case can also run another command (`resume`, `predict`)
+with a `Run` (its own argv, environment and output folder). An error on a folder that existed before (a locked,
+symlinked or foreign folder) must leave that folder exactly as it was.
+
 Inputs are generated per case in a temp folder (tests/bad_inputs/README.md lists them). The CLI runs in-process
-(`tuneforge.cli.main`) so that 40+ cases take seconds; `pytest tests/test_bad_inputs.py -s` prints the table."""
+(`tuneforge.cli.main`) so that 80 cases take seconds; `pytest tests/test_bad_inputs.py -s` prints the table."""
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,9 +39,29 @@ class Case:
     expect: tuple = ()  # error: fragments of the message; skip: how many rows; ok: fragments of train.log
 
 
+@dataclass
+class Run:
+    """A case that is not a plain `tuneforge train RECIPE --output run`: the full argv ({recipe} is replaced by the
+    case's recipe.yaml), the run folder the outcome is checked in, and environment variables for the call."""
+    argv: list
+    out: Path | None = None
+    frags: tuple = ()
+    env: dict | None = None
+    recipe: dict | None = None
+
+
 class Ctx:
     def __init__(self, **kw):
         self.__dict__.update(kw)
+        self._runs: dict = {}
+
+    def trained(self, name: str, recipe: dict, work: Path) -> Path:
+        """A finished run of `recipe`, trained once per module (predict / resume cases share it)."""
+        if name not in self._runs:
+            import tuneforge
+
+            self._runs[name] = tuneforge.train(recipe, output=str(self.root / name), quiet=True).run_dir
+        return self._runs[name]
 
 
 # ------------------------------------------------------------------ data builders
@@ -380,7 +407,259 @@ def _config_cases() -> dict[str, Case]:
     }
 
 
-CASES = {**_image_cases(), **_text_cases(), **_token_regression_cases(), **_model_cases(), **_config_cases()}
+def _tables(rows: list[str], fmt: str) -> str:
+    if fmt == "jsonl":
+        return "".join(json.dumps({"sentence": t, "label": int(lab)}) + "\n" for t, lab in
+                       (r.split("\t") for r in rows))
+    sep = "," if fmt == "csv" else "\t"
+    return "".join(f"{line.replace(chr(9), sep)}\n" for line in ["sentence\tlabel", *rows])
+
+
+GOOD_ROWS = [f"the movie was {'good' if i % 2 else 'bad'}\t{i % 2}" for i in range(16)]
+
+
+def _data_cases() -> dict[str, Case]:
+    """Review findings 11, 13, 14, 16 and 20: inputs that now work, or fail with one line."""
+    def bom(fmt):
+        def build(w, c):
+            d = w / "bom"
+            d.mkdir()
+            for name in (f"train.{fmt}", f"dev.{fmt}"):
+                (d / name).write_bytes(b"\xef\xbb\xbf" + _tables(GOOD_ROWS, fmt).encode())
+            return text(c, d), ("data: 16 train / 16 val examples",)
+        return build
+
+    def unlabelled_test(w, c):
+        d = w / "glue"
+        shutil.copytree(c.text, d)
+        (d / "test.tsv").write_text("index\tsentence\n0\ta film\n1\tanother film\n")
+        return text(c, d), ("test split is skipped", "no column 'label'")
+
+    def surrogate(skip):
+        def build(w, c):
+            d = w / "tweets"
+            d.mkdir()
+            rows = _tables(GOOD_ROWS, "jsonl").splitlines()
+            rows[3] = '{"sentence": "so good \\ud83d", "label": 1}'
+            (d / "train.jsonl").write_text("\n".join(rows) + "\n")
+            (d / "dev.jsonl").write_text(_tables(GOOD_ROWS[:4], "jsonl"))
+            if skip:
+                return text(c, d, data={"on_bad_sample": "skip"}), (1,)
+            return text(c, d), (f"{d / 'train.jsonl'} line 4", "unpaired surrogate", "on_bad_sample: skip")
+        return build
+
+    def long_field(w, c):
+        rows = list(GOOD_ROWS)
+        rows[5] = "good " + "x" * 140_000 + "\t1"
+        d = text_dir(c, w, _tables(rows, "csv"), _tables(GOOD_ROWS[:4], "csv"), "csv")
+        return text(c, d), ("data: 16 train / 4 val examples",)
+
+    def too_long(w, c):
+        rows = GOOD_ROWS + [" ".join(["the movie was good"] * 60) + "\t1"]  # 240 words, 128 positions
+        d = text_dir(c, w, _tables(rows, "tsv"))
+        return text(c, d, data={"max_length": 512, "pad_to_multiple_of": 3}), ("data.max_length 512 is above",)
+
+    def spaced_header(w, c):  # "label, sentence" as typed by hand: the header names are stripped
+        body = "".join(f"{r.split(chr(9))[1]}, {r.split(chr(9))[0]}\n" for r in GOOD_ROWS)
+        d = text_dir(c, w, "label, sentence\n" + body, "label, sentence\n" + body, "csv")
+        return text(c, d), ("data: 16 train / 16 val examples",)
+
+    return {"text_bom_csv": Case("text", bom("csv"), "ok"),
+            "text_csv_header_with_spaces": Case("text", spaced_header, "ok"),
+            "text_bom_tsv": Case("text", bom("tsv"), "ok"),
+            "text_bom_jsonl": Case("text", bom("jsonl"), "ok"),
+            "text_unlabelled_test_file_skipped": Case("text", unlabelled_test, "ok"),
+            "text_jsonl_lone_surrogate": Case("text", surrogate(False), "error"),
+            "text_jsonl_lone_surrogate_skipped": Case("text", surrogate(True), "skip"),
+            "text_field_over_131072_characters": Case("text", long_field, "ok"),
+            "text_max_length_above_model_limit": Case("text", too_long, "ok")}
+
+
+def _mistake_cases() -> dict[str, Case]:
+    """Review finding 12 (and this issue's hypothesis run): config values that passed the schema and then failed
+    mid-training now fail before anything is written."""
+    def c_(frag, **sections):
+        return lambda w, c: (text(c, **sections), frag)
+
+    def multilabel_ce(w, c):
+        d = w / "ml"
+        d.mkdir()
+        rows = ["sentence\tlabel"] + [f"the movie was {'good' if i % 2 else 'bad'}\t{'a|b' if i % 2 else 'a'}"
+                                      for i in range(12)]
+        (d / "train.tsv").write_text("\n".join(rows) + "\n")
+        return text(c, d, task={"type": "multilabel", "loss": "cross_entropy"}), (
+            "task.loss 'cross_entropy' does not fit task 'multilabel'",)
+
+    return {
+        "config_freeze_everything": Case("config", c_(("nothing would train",), train={"freeze": ["*"]}), "error"),
+        "config_loss_mse_for_classification": Case("config", c_(("task.loss 'mse'", "classification"),
+                                                                task={"loss": "mse"}), "error"),
+        "config_loss_bce_for_classification": Case("config", c_(("task.loss 'bce'",), task={"loss": "bce"}),
+                                                   "error"),
+        "config_loss_cross_entropy_for_multilabel": Case("config", multilabel_ce, "error"),
+        "config_beta_of_1_5": Case("config", c_(("train.betas", "[0, 1)"), train={"betas": [1.5, 0.999]}), "error"),
+        "config_seed_too_large": Case("config", c_(("train.seed", "less than 4294967296"),
+                                                   train={"seed": 100000000000000}), "error"),
+        "config_metric_of_another_task": Case("config", c_(("eval.metric 'f1_macro'", "macro_f1"),
+                                                           eval={"metric": "f1_macro"}), "error"),
+        "config_nan_learning_rate": Case("config", c_(("train.lr", "finite"), train={"lr": float("nan")}), "error"),
+        "config_infinite_epochs": Case("config", c_(("train.epochs", "finite"), train={"epochs": float("inf")}),
+                                       "error"),
+        "config_recipe_path_too_long": Case("config", lambda w, c: Run(["train", str(w / ("r" * 300 + ".yaml"))],
+                                                                         w / "run", ("path too long",)), "error"),
+        "config_huge_thread_count": Case("config", c_(("train.threads", "1024"), train={"threads": 2**31}), "error"),
+        # just above the bound: were the bound lost, 257 workers (not a million) would start
+        "config_huge_worker_count": Case("config", c_(("data.num_workers", "256"), data={"num_workers": 257}),
+                                         "error"),
+    }
+
+
+def _cache_cases() -> dict[str, Case]:
+    """Review finding 15: a torn cache entry is deleted and recomputed, with a log line."""
+    def corrupt(kind):
+        def build(w, c):
+            import tuneforge
+
+            cache = w / "cache"
+            rows = [f"the movie was {'good' if i % 2 else 'bad'} number {i % 7}\t{i % 2}" for i in range(1100)]
+            d = text_dir(c, w, _tables(rows, "tsv"))  # over 1024 texts: the token cache is used
+            r = text(c, d, train={"freeze": "backbone"})
+            env = {"TUNEFORGE_CACHE": str(cache)}
+            with _env(env):
+                tuneforge.train(r, output=str(w / "first"), quiet=True)
+            pattern = "tokens/*.npz" if kind == "token" else "features/*.npy"
+            entries = sorted(cache.glob(pattern))
+            assert entries, pattern
+            for f in entries:
+                f.write_bytes(f.read_bytes()[:100])
+            return Run(["train", "{recipe}", "--quiet", "--output", str(w / "run")], w / "run",
+                       (f"{kind} cache: entry", "deleted"), env, r)
+        return build
+
+    return {"cache_corrupt_token_entry": Case("cache", corrupt("token"), "ok"),
+            "cache_corrupt_feature_entry": Case("cache", corrupt("feature"), "ok")}
+
+
+def _run_folder_cases() -> dict[str, Case]:
+    """Review findings 2, 8, 9 and 20: the run folder is locked, --overwrite empties only a run folder, resume
+    checks what it continues."""
+    quick = {"train": {"max_steps": 2}, "eval": {"every_steps": 2}}
+
+    def run_copy(w, c, name="run"):
+        src = c.trained("single", c.text_recipe(**quick), w)
+        shutil.copytree(src, w / name, symlinks=True)
+        return w / name
+
+    def symlinked(w, c):
+        real = run_copy(w, c, "real")
+        (w / "link").symlink_to(real)
+        return Run(["train", "{recipe}", "--quiet", "--output", str(w / "link"), "--overwrite"], w / "link",
+                   ("--overwrite", "symbolic link", "give the real folder"), recipe=text(c))
+
+    def foreign(w, c):
+        d = w / "precious"
+        d.mkdir()
+        (d / "thesis.txt").write_text("my thesis")
+        return Run(["train", "{recipe}", "--quiet", "--output", str(d), "--overwrite"], d,
+                   ("--overwrite refuses", "not a tuneforge run folder"), recipe=text(c))
+
+    def run_with_user_file(w, c):
+        d = run_copy(w, c)
+        (d / "notes.txt").write_text("mine")
+        return Run(["train", "{recipe}", "--quiet", "--output", str(d), "--overwrite"], d,
+                   ("--overwrite refuses", "notes.txt"), recipe=text(c))
+
+    def locked(w, c):
+        d = run_copy(w, c)
+        (d / "summary.json").unlink()  # an unfinished run that another process is writing
+        return Run(["train", "{recipe}", "--quiet", "--output", str(d), "--resume"], d,
+                   ("is in use by process 4242",), recipe=c.text_recipe(**quick), env={"_LOCK": str(d / ".lock")})
+
+    def non_utf8_config(w, c):
+        d = run_copy(w, c)
+        (d / "summary.json").unlink()
+        (d / "config.yaml").write_bytes(b"task: \xff\xfe classification\n")
+        return Run(["resume", str(d), "--quiet"], d, (str(d / "config.yaml"), "not valid YAML"))
+
+    def changed_data(w, c):
+        data = w / "data"
+        shutil.copytree(c.text, data)
+        r = c.text_recipe(data={"dir": str(data)}, **quick)
+        import tuneforge
+
+        tuneforge.train(r, output=str(w / "run"), quiet=True)
+        (w / "run" / "summary.json").unlink()
+        with (data / "train.tsv").open("a") as f:
+            f.write("a brand new row\t1\n")
+        return Run(["resume", str(w / "run"), "--quiet"], w / "run", ("data changed since the run started",
+                                                                        "train rows 120 -> 121"))
+
+    def remote_code(w, c):
+        src = c.trained("remote", c.text_recipe(**quick, model={"trust_remote_code": True}), w)
+        shutil.copytree(src, w / "run")
+        (w / "run" / "summary.json").unlink()
+        return Run(["resume", str(w / "run"), "--quiet"], w / "run", ("model.trust_remote_code: true",
+                                                                        "--trust-remote-code"))
+
+    return {"run_overwrite_symlinked_folder": Case("run", symlinked, "error"),
+            "run_overwrite_folder_that_is_not_a_run": Case("run", foreign, "error"),
+            "run_overwrite_run_holding_a_user_file": Case("run", run_with_user_file, "error"),
+            "run_folder_locked_by_another_process": Case("run", locked, "error"),
+            "run_resume_non_utf8_config": Case("run", non_utf8_config, "error"),
+            "run_resume_after_the_data_changed": Case("run", changed_data, "error"),
+            "run_resume_remote_code_without_flag": Case("run", remote_code, "error")}
+
+
+def _predict_cases() -> dict[str, Case]:
+    """Review findings 10, 17 and 20: predict refuses what it cannot answer correctly."""
+    quick = {"train": {"max_steps": 2}, "eval": {"every_steps": 2}}
+
+    def single(w, c):
+        return c.trained("single", c.text_recipe(**quick), w)
+
+    def pair(w, c):
+        d = w / "pairs"
+        d.mkdir()
+        rows = ["sentence1\tsentence2\tscore"] + [f"the movie was {a}\tthe film is {b}\t{i % 5}" for i, (a, b) in
+                                                  enumerate([("good", "great"), ("bad", "fine")] * 8)]
+        (d / "train.tsv").write_text("\n".join(rows) + "\n")
+        r = c.text_recipe(task={"type": "regression"}, data={"dir": str(d), "text_column": None,
+                                                            "label_column": "score"}, **quick)
+        return c.trained("pair", r, w)
+
+    def predict(run, args, frags):
+        return lambda w, c: Run(["predict", str(run(w, c)), *args], None, frags)
+
+    return {"predict_top_k_negative": Case("predict", predict(single, ["--text", "good", "--top-k", "-1"],
+                                                              ("--top-k must be at least 1 (got -1)",)), "error"),
+            "predict_pair_model_given_a_single_text": Case("predict", predict(pair, ["--text", "good"],
+                                                                              ("trained on text pairs",)), "error"),
+            "predict_single_text_model_given_a_pair": Case("predict", predict(
+                single, ["--text", "good", "--text-pair", "great"], ("trained on single texts",)), "error"),
+            "predict_input_path_too_long": Case("predict", lambda w, c: Run(
+                ["predict", str(single(w, c)), "--input", str(w / ("x" * 300 + ".txt"))], None,
+                ("path too long for the file system",)), "error"),
+            "predict_batch_size_zero": Case("predict", predict(single, ["--text", "good", "--batch-size", "0"],
+                                                               ("--batch-size must be at least 1",)), "error")}
+
+
+class _env:
+    """Environment variables set for a block (cases run in-process)."""
+
+    def __init__(self, env: dict | None):
+        self.env, self.old = {k: v for k, v in (env or {}).items() if not k.startswith("_")}, {}
+
+    def __enter__(self):
+        self.old = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+
+    def __exit__(self, *exc):
+        for k, v in self.old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+CASES = {**_image_cases(), **_text_cases(), **_token_regression_cases(), **_model_cases(), **_config_cases(),
+         **_data_cases(), **_mistake_cases(), **_cache_cases(), **_run_folder_cases(), **_predict_cases()}
 RESULTS: list[tuple[str, str, str, str]] = []
 
 
@@ -394,7 +673,7 @@ def ctx(text_recipe, image_recipe, text_data_dir, image_data_dir, tiny_bert_dir,
             for p in sorted((image_data_dir / split / color).glob("*.png"))[:n]:
                 shutil.copy(p, small / split / color / p.name)
     yield Ctx(text_recipe=text_recipe, image_recipe=image_recipe, text=text_data_dir, images=small,
-              bert=tiny_bert_dir, timm_weights=timm_weights_file)
+              bert=tiny_bert_dir, timm_weights=timm_weights_file, root=tmp_path_factory.mktemp("trained"))
     width = max(len(n) for n, *_ in RESULTS) if RESULTS else 10
     print(f"\nbad-input corpus: {len(RESULTS)} cases")
     for name, kind, outcome, detail in RESULTS:
@@ -403,7 +682,8 @@ def ctx(text_recipe, image_recipe, text_data_dir, image_data_dir, tiny_bert_dir,
 
 def test_corpus_is_big_enough():
     kinds = {c.kind for c in CASES.values()}
-    assert len(CASES) >= 30 and kinds >= {"image", "text", "token", "regression", "model", "config"}
+    assert len(CASES) >= 80 and kinds >= {"image", "text", "token", "regression", "model", "config", "cache", "run",
+                                          "predict"}
 
 
 def test_readme_lists_every_case():
@@ -412,24 +692,58 @@ def test_readme_lists_every_case():
     assert listed == list(CASES)
 
 
+def _as_run(built, work: Path) -> Run:
+    """A builder's (recipe, [extra args], fragments) as a Run of `tuneforge train`."""
+    if isinstance(built, Run):
+        return built
+    recipe, extra, frags = (built[0], built[1], built[2]) if len(built) == 3 else (built[0], [], built[1])
+    out = Path(extra[extra.index("--output") + 1]) if "--output" in extra else work / "run"
+    extra = extra if "--output" in extra else [*extra, "--output", str(out)]
+    return Run(["train", "{recipe}", "--quiet", *extra], out, frags, recipe=recipe)
+
+
+def _snapshot(folder: Path | None) -> dict | None:
+    """Every entry under a folder (symlinks not followed) with its bytes: to check an error left it alone."""
+    if folder is None or not (folder.exists() or folder.is_symlink()):
+        return None
+    if folder.is_symlink():
+        return {"->": str(folder.readlink()), **(_snapshot(folder.resolve()) or {})}
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() and not p.is_symlink() else str(p.is_dir())
+            for p in sorted(folder.rglob("*")) if p.name != ".lock"}  # the lock file is the test's own here
+
+
+@contextmanager
+def _held_lock(path: str | None):
+    """Hold run_dir/.lock as a live process would (flock locks of two open files conflict, even in one process)."""
+    if path is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"4242 otherhost 2026-01-01T00:00:00\n", 0)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input(name, ctx, tmp_path, capsys):
     case = CASES[name]
     work = tmp_path / "case"
     work.mkdir()
-    built = case.build(work, ctx)
-    recipe, extra, frags = (built[0], built[1], built[2]) if len(built) == 3 else (built[0], [], built[1])
-    frags = frags or case.expect
+    run = _as_run(case.build(work, ctx), work)
+    frags, out = run.frags or case.expect, run.out
     path = work / "recipe.yaml"
-    path.write_text(recipe if isinstance(recipe, str) else yaml.safe_dump(recipe, allow_unicode=True),
-                    encoding="utf-8")
-    out = work / "run"
-    if "--output" not in extra:
-        extra = [*extra, "--output", str(out)]
-    else:
-        out = Path(extra[extra.index("--output") + 1])
+    if run.recipe is not None:
+        path.write_text(run.recipe if isinstance(run.recipe, str) else yaml.safe_dump(run.recipe, allow_unicode=True),
+                        encoding="utf-8")
+    before = _snapshot(out)
     capsys.readouterr()
-    code = main(["train", str(path), "--quiet", *extra])  # anything but a TuneforgeError raises here
+    with _env(run.env), _held_lock((run.env or {}).get("_LOCK")):
+        code = main([str(path) if a == "{recipe}" else str(a) for a in run.argv])  # only TuneforgeErrors are caught
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     if case.outcome == "error":
@@ -438,7 +752,10 @@ def test_bad_input(name, ctx, tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith("tuneforge: error: "), err
         for f in frags:
             assert str(f) in lines[0], (f, lines[0])
-        assert not out.is_dir() or not any(out.iterdir()), f"a run folder was left behind: {list(out.iterdir())}"
+        if before is not None:
+            assert _snapshot(out) == before, "the error changed a folder that existed before"
+        else:
+            assert out is None or not out.exists(), f"a run folder was left behind: {list(out.iterdir())}"
         RESULTS.append((name, case.kind, "error", lines[0][len("tuneforge: error: "):].replace(str(work), "<case>")))
         return
     assert code == 0 and err.strip() == "", err

@@ -3,6 +3,7 @@ errors become one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -302,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     except TuneforgeError as e:
         print(f"tuneforge: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a path argument the OS cannot even look up (every command checks its paths with it)
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        name = str(e.filename or "")
+        print(f"tuneforge: error: path too long for the file system ({len(name)} characters; a name may have at "
+              f"most 255 bytes): '{name[:60]}...'", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tuneforge: interrupted", file=sys.stderr)
         return 130

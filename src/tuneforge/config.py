@@ -5,16 +5,28 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneforge.errors import ConfigError
 
 
+def _lookup_able(v: str) -> str:
+    """A path the OS can look up: a longer name makes the lookup itself fail (ENAMETOOLONG), not "not found"."""
+    size = len(v.encode("utf-8", "surrogatepass"))
+    if size > 4096 or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in v.split("/")):
+        raise ValueError(f"not a usable path: {'longer than 4096 bytes' if size > 4096 else 'a name over 255 bytes'}")
+    return v
+
+
+PathStr = Annotated[str, AfterValidator(_lookup_able)]  # a file, folder, or model / hub name
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a NaN or infinite number (YAML .nan / .inf) is never a sensible setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TaskConfig(_Section):
@@ -40,9 +52,9 @@ class TaskConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: str  # alias (minilm-l6, efficientnet-lite0), HF folder / hub id, timm or torchvision name
+    name: PathStr  # alias (minilm-l6, efficientnet-lite0), HF folder / hub id, timm or torchvision name
     source: Literal["auto", "hf", "timm", "torchvision"] = "auto"
-    weights: Optional[str] = None  # local weights file for timm / torchvision
+    weights: Optional[PathStr] = None  # local weights file for timm / torchvision
     pretrained: bool = True  # False: random init (tests, from-scratch baselines)
     trust_remote_code: bool = False
     # text pairs: one joint sequence (cross-encoder), or each text encoded alone, mean-pooled and compared
@@ -90,7 +102,7 @@ class AugmentConfig(_Section):
     # additive noise at this SNR (a number, or [low, high] drawn uniformly); None = off
     noise_snr_db: Union[float, tuple[float, float], None] = None
     noise_prob: float = Field(0.5, ge=0.0, le=1.0)  # share of train clips that get noise
-    noise_dir: Optional[str] = None  # noise clips (any audio soundfile reads); None = white noise
+    noise_dir: Optional[PathStr] = None  # noise clips (any audio soundfile reads); None = white noise
 
     @field_validator("noise_snr_db")
     @classmethod
@@ -101,20 +113,22 @@ class AugmentConfig(_Section):
 
 
 class LoraConfig(_Section):
-    r: int = Field(8, gt=0)
-    alpha: float = Field(16.0, gt=0.0)
+    # bounded: a rank of 2^40 cannot be allocated (a traceback), and the adapters' scale alpha / r of 1e30 makes
+    # the first gradient infinite; published settings stay far below both
+    r: int = Field(8, gt=0, le=4096)
+    alpha: float = Field(16.0, gt=0.0, le=10_000.0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     target_modules: Optional[list[str]] = None  # None: peft's default for the architecture
 
 
 class DataConfig(_Section):
-    dir: Optional[str] = None  # folder holding train/val files (or an ImageFolder tree)
+    dir: Optional[PathStr] = None  # folder holding train/val files (or an ImageFolder tree)
     source: Optional[str] = None  # built-in source, e.g. sklearn-digits
-    train: Optional[str] = None  # file or folder; relative paths are taken from data.dir
-    val: Optional[str] = None
+    train: Optional[PathStr] = None  # file or folder; relative paths are taken from data.dir
+    val: Optional[PathStr] = None
     # a labelled split evaluated once with the kept model: None = a test.* file under data.dir if it has labels
     # (an unlabelled one, e.g. GLUE's test.tsv, is skipped with a log line); false = none; or a path
-    test: Union[str, Literal[False], None] = None
+    test: Union[PathStr, Literal[False], None] = None
     text_column: Optional[str] = None  # None: guess (sentence, text, ...)
     text_pair_column: Optional[str] = None
     pair_swap: bool = False  # order-free pairs (similarity, paraphrase): also train on (second, first)
@@ -134,7 +148,7 @@ class DataConfig(_Section):
     pad_to_multiple_of: int = Field(1, ge=1)
     image_size: Optional[int] = Field(None, gt=7)  # None: the model's own input size
     augment: AugmentConfig = AugmentConfig()
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=256)  # worker processes; a huge count would fork until the OS refuses
     cache_images_mb: int = Field(4096, ge=0)  # decoded-image cache bound; 0 = decode every time
     on_bad_sample: Literal["error", "skip"] = "error"
     # class imbalance: auto picks class_weights once max/min class count reaches imbalance_threshold
@@ -214,7 +228,8 @@ class TrainConfig(_Section):
     grad_clip: Optional[float] = Field(1.0, gt=0.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = Field(0, ge=0, lt=2**32)
-    threads: Optional[int] = Field(None, gt=0)  # torch intra-op threads; None = all cores
+    # torch intra-op threads; None = all cores (torch overflows above 2^31, and OpenMP aborts far below that)
+    threads: Optional[int] = Field(None, gt=0, le=1024)
     # non-finite loss / gradients: stop with an error, skip the update, or reload the last checkpoint at a lower LR
     nan_policy: Literal["stop", "skip", "rollback"] = "stop"
     nan_lr_factor: float = Field(0.5, gt=0.0, lt=1.0)  # rollback: LR multiplier per rollback
@@ -243,7 +258,7 @@ class EarlyStoppingConfig(_Section):
 
 
 class OutputConfig(_Section):
-    dir: Optional[str] = None  # None: runs/<name>-<timestamp>
+    dir: Optional[PathStr] = None  # None: runs/<name>-<timestamp>
     name: Optional[str] = None
     keep_checkpoints: int = Field(1, ge=0)  # most recent periodic checkpoints kept (the best is always kept)
     progress: bool = True
@@ -338,22 +353,41 @@ def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def _format_error(err: dict) -> str:
-    loc = [str(p) for p in err["loc"]]
+def _key_path(loc: tuple, unknown_last: bool) -> list[str]:
+    """The recipe key an error is about, without pydantic's union-member tags (`float`, `literal['auto']`)."""
+    model: Any = Config
+    out = []
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out.append(str(part))
+        elif model is not None and part in model.model_fields:
+            out.append(part)
+            ann = model.model_fields[part].annotation
+            model = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and
+                          issubclass(a, BaseModel)), None)
+        elif unknown_last and i == len(loc) - 1:
+            out.append(str(part))
+    return out
+
+
+def _format_error(err: dict) -> tuple[str, str, str]:
+    """→ (key path, message, " (got <value>)" or "")."""
+    loc = _key_path(err["loc"], err["type"] == "extra_forbidden")
     path = ".".join(loc) or "recipe"
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(Config, loc[:-1])
         close = difflib.get_close_matches(loc[-1], allowed, n=1)
         hint = f" (did you mean '{'.'.join(loc[:-1] + close)}'?)" if close else ""
-        return f"unknown key '{path}'{hint}; allowed: {', '.join(allowed)}"
+        return path, f"unknown key '{path}'{hint}; allowed: {', '.join(allowed)}", ""
     if err["type"] == "missing":
-        return f"missing key '{path}'"
+        return path, f"missing key '{path}'", ""
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error" and not loc:
-        return msg
+        return path, msg, ""
     given = err.get("input")
-    shown = f" (got {given!r})" if not isinstance(given, (dict, list)) else ""
-    return f"'{path}': {msg}{shown}"
+    shown = repr(given) if not isinstance(given, (dict, list)) else ""
+    shown = f" (got {shown[:60] + '...' if len(shown) > 64 else shown})" if shown else ""
+    return path, f"'{path}': {msg}", shown
 
 
 def validate(raw: dict, source: str = "recipe") -> Config:
@@ -362,9 +396,15 @@ def validate(raw: dict, source: str = "recipe") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        lines = [_format_error(err) for err in e.errors()]
-        extra = f" (+{len(lines) - 1} more: {'; '.join(lines[1:])})" if len(lines) > 1 else ""
-        raise ConfigError(f"{source}: {lines[0]}{extra}") from None
+        lines: dict[str, list[str]] = {}
+        for path, line, shown in map(_format_error, e.errors()):
+            if path in lines:  # a union (a number or 'auto', a path or false) fails once per member: one line
+                lines[path][0] += f"; or {line.split(': ', 1)[-1]}"
+            else:
+                lines[path] = [line, shown]
+        first, *rest = ["".join(x) for x in lines.values()]
+        extra = f" (+{len(rest)} more: {'; '.join(rest)})" if rest else ""
+        raise ConfigError(f"{source}: {first}{extra}") from None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

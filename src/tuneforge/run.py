@@ -249,14 +249,15 @@ def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = Non
 
 
 def record_start(setup: Setup, folder: RunFolder, accept_changes: bool, log) -> None:
-    """train.log, config.yaml, data_report.json; run.json (data fingerprint, environment), checked on resume."""
-    log.attach(folder.path / "train.log", append=not folder.created)
-    if folder.created:
-        atomic_write_text(folder.path / "config.yaml", to_yaml(setup.cfg))
+    """run.json (data fingerprint, environment; checked first on resume: a refused resume leaves the folder as it
+    was, train.log included), train.log, config.yaml, data_report.json."""
     data = dict(setup.report["fingerprint"])
     if setup.test_ex is not None:
         data["test"] = fingerprint(setup.test_ex, [repr(x) for x in setup.test_ex.inputs], "text")
     check_run_record(folder, data, environment(setup.precision, setup.threads), accept_changes, log)
+    log.attach(folder.path / "train.log", append=not folder.created)
+    if folder.created:
+        atomic_write_text(folder.path / "config.yaml", to_yaml(setup.cfg))
     write_json(folder.path / "data_report.json", setup.report)
 
 

@@ -40,7 +40,8 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
     with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         reader = csv.reader(f, delimiter=sep, quoting=quoting)
         header = next(reader, None)
-        if not header or not any(h.strip() for h in header):
+        header = header and [h.strip() for h in header]  # "label, sentence": the second column is "sentence"
+        if not header or not any(header):
             raise DataError(f"{path}: the file is empty or starts with a blank line; the first line must be the header")
         seen = set()
         for name in header:
