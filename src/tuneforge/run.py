@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from functools import partial
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from tuneforge.engine import chaos
 from tuneforge.engine.callbacks import Callback, CallbackList, EarlyStopping, MetricsLogger, ProgressBar
 from tuneforge.engine.checkpoint import Checkpointer, atomic_write_text, best_path, load_weights_into, publish_dir
 from tuneforge.engine.device import make_accelerator
+from tuneforge.engine import distributed as dist
+from tuneforge.engine.dist_checkpoint import RankCheckpointer, ShardedCheckpointer, ShardedSnapshot
 from tuneforge.engine.ema import WeightEMA
 from tuneforge.engine.feature_cache import cached_loaders, feature_cache_usable
 from tuneforge.engine.guards import NanGuard, is_oom, oom_error
@@ -27,8 +30,8 @@ from tuneforge.engine.loop import MATH_ATTENTION_BELOW, Components, evaluate, ev
     steps_per_epoch
 from tuneforge.engine.optim import create_optimizer, create_scheduler, total_steps
 from tuneforge.engine.restore import StateRestorer
-from tuneforge.engine.run_folder import RunFolder, check_run_record, environment, open_run_folder
-from tuneforge.engine.snapshot import TrainingSnapshot
+from tuneforge.engine.run_folder import RunFolder, check_run_record, environment, open_run_folder, shared_run_folder
+from tuneforge.engine.snapshot import ProcessRNG, TrainingSnapshot
 from tuneforge.engine.state import LoopState
 from tuneforge.engine.trainable import Phase, check_trainable, head_names, merge_lora, plan_phases, prepare_trainable
 from tuneforge.errors import ConfigError
@@ -38,7 +41,7 @@ from tuneforge.models.base import write_json
 from tuneforge.tasks import Task, create_task
 from tuneforge.tasks.base import Built
 from tuneforge.trackers import create_trackers, require_packages
-from tuneforge.utils import (RunLog, console, count_params, peak_rss_mb, resolve_precision, rss_mb,
+from tuneforge.utils import (RunLog, SilentLog, console, count_params, peak_rss_mb, resolve_precision, rss_mb,
                              seed_everything, set_threads)
 
 
@@ -78,6 +81,8 @@ class Setup:
     val_loader: Any
     speed: dict  # the speed features that are on
     checkpointing: bool
+    world: dist.World  # this process among the launched ones (one, unless torchrun / accelerate launch)
+    strategy: str  # none | ddp | fsdp
 
 
 @dataclass
@@ -90,7 +95,9 @@ class Training:
     restorer: StateRestorer
     guard: NanGuard
     ema: Optional[WeightEMA]
-    model: Any  # the accelerator-prepared model, trained in every phase
+    model: Any  # the accelerator-prepared model (DDP: its wrapper; FSDP: sharded in place), trained in every phase
+    bundle: Any  # the bundle the loop runs (holds `model`); setup.bundle keeps the plain model
+    twin: Optional[dist.MetaTwin]  # FSDP: a weightless plain copy, filled with the kept weights at the end
     params: dict
     rss_at_start: float
     metric: str
@@ -104,11 +111,13 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
     """resume=True continues the run in the output folder from its latest checkpoint (or starts it);
     accept_changes=True lets it continue although threads, precision or library versions changed.
     `callbacks` are added to every phase's callbacks (before the checkpointer, which saves their effect)."""
-    log, state = RunLog(quiet), LoopState()
+    world = dist.World.from_env()
+    log, state = RunLog(quiet) if world.main else SilentLog(), LoopState()  # rank 0 speaks for every process
     cfg = load_config(recipe, overrides)
     with oom_as_error(cfg, state):
         setup = prepare(cfg, log)
-        with open_run_folder(cfg, output, overwrite, resume, _user_paths(recipe, cfg), log) as folder:
+        opener = partial(open_run_folder, cfg, output, overwrite, resume, _user_paths(recipe, cfg), log)
+        with shared_run_folder(world, setup.accelerator, opener) as folder:  # rank 0 opens it, the others follow
             if folder.finished:
                 log(f"{folder.path} already finished (summary.json); nothing to resume")
                 return RunResult.read(folder.path)
@@ -124,8 +133,9 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
                     break
             final, test = finish(setup, training, state, log)
             summary = build_summary(setup, training, state, final, test)
-            write_summary(folder.path, summary, log)
-            publish_run(setup, training, summary, log)
+            if world.main:
+                write_summary(folder.path, summary, log)
+                publish_run(setup, training, summary, log)
             return RunResult(folder.path, final, summary)
 
 
@@ -169,7 +179,10 @@ def _user_paths(recipe, cfg: Config) -> list[Path]:
 def prepare(cfg: Config, log) -> Setup:
     """Task, data, model and what trains, every check done (labels, files, images, losses, metric, trainable
     parameters) and nothing written yet."""
-    threads = set_threads(cfg.train.threads)
+    world = dist.World.from_env()
+    strategy = dist.choose_strategy(cfg.train.distributed, world)
+    dist.check_supported(cfg, strategy, world)
+    threads = set_threads(cfg.train.threads or (dist.threads_per_process(world) if world.distributed else None))
     seed_everything(cfg.train.seed)
     task = create_task(cfg, log)
     require_packages(cfg.output.loggers)
@@ -189,15 +202,19 @@ def prepare(cfg: Config, log) -> Setup:
         f"labels: {', '.join(task.labels[:12])}{' ...' if len(task.labels) > 12 else ''}")
     seed_everything(cfg.train.seed)  # model init above consumed RNG differently per source
     precision = resolve_precision(cfg.train.precision)
-    accelerator = make_accelerator(precision)
+    accelerator = make_accelerator(precision, world.size)
     speed = use_speed_features(bundle, cfg, log)
     checkpointing = prepare_trainable(bundle, cfg.train, log)
     check_trainable(bundle.model)
     tc, data = cfg.train, cfg.data
-    train_loader = make_loader(built["train"], tc.batch_size, True, tc.seed, data.num_workers, data.group_by_length)
-    val_loader = make_loader(built["val"], cfg.eval_batch_size, False, tc.seed, data.num_workers)
+    if world.distributed:  # the model (LoRA included) is built the same on every rank; from here each has its RNG
+        seed_everything(dist.rank_seed(tc.seed, world))
+    train_loader = make_loader(built["train"], tc.batch_size, True, tc.seed, data.num_workers, data.group_by_length,
+                               world)
+    val_loader = make_loader(built["val"], cfg.eval_batch_size, False, tc.seed, data.num_workers, world=world)
     return Setup(cfg, task, bundle, accelerator, precision, threads, train_ex, val_ex, test_ex, report,
-                 built["train"], built["val"], built.get("test"), train_loader, val_loader, speed, checkpointing)
+                 built["train"], built["val"], built.get("test"), train_loader, val_loader, speed, checkpointing,
+                 world, strategy)
 
 
 def use_speed_features(bundle, cfg: Config, log) -> dict:
@@ -217,6 +234,9 @@ def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = Non
 
     log = RunLog(quiet)
     cfg = load_config(recipe, overrides)
+    if dist.World.from_env().distributed:
+        raise ConfigError("tuneforge lr-find runs on one process; start it with plain `tuneforge lr-find`, not "
+                          "torchrun / accelerate launch")
     setup = prepare(cfg, log)
     plot_path = Path(plot or f"lr_find-{cfg.output.name or 'run'}.png")
     plot_path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,28 +250,35 @@ def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = Non
 
 
 def record_start(setup: Setup, folder: RunFolder, accept_changes: bool, log) -> None:
-    """train.log, config.yaml, data_report.json; run.json (data fingerprint, environment), checked on resume."""
-    log.attach(folder.path / "train.log", append=not folder.created)
-    if folder.created:
-        atomic_write_text(folder.path / "config.yaml", to_yaml(setup.cfg))
+    """train.log, config.yaml, data_report.json; run.json (data fingerprint, environment), checked on resume.
+    Only rank 0 writes; the other ranks check run.json too, so a refused resume is refused by every rank."""
     data = dict(setup.report["fingerprint"])
     if setup.test_ex is not None:
         data["test"] = fingerprint(setup.test_ex, [repr(x) for x in setup.test_ex.inputs], "text")
-    check_run_record(folder, data, environment(setup.precision, setup.threads), accept_changes, log)
+    env = environment(setup.precision, setup.threads, setup.world.size)
+    if not setup.world.main:
+        check_run_record(folder, data, env, accept_changes, log, write=False)
+        return
+    log.attach(folder.path / "train.log", append=not folder.created)
+    if folder.created:
+        atomic_write_text(folder.path / "config.yaml", to_yaml(setup.cfg))
+    check_run_record(folder, data, env, accept_changes, log)
     write_json(folder.path / "data_report.json", setup.report)
 
 
 def prepare_training(setup: Setup, folder: RunFolder, log) -> Training:
-    cfg, tc, accelerator = setup.cfg, setup.cfg.train, setup.accelerator
-    setup.task.before_training(setup.bundle, folder.path, resumed=not folder.created, log=log)
+    cfg, tc, accelerator, world = setup.cfg, setup.cfg.train, setup.accelerator, setup.world
+    if world.main:  # e.g. the base model's generations, written into the run folder
+        setup.task.before_training(setup.bundle, folder.path, resumed=not folder.created, log=log)
     lr = tc.lr
-    if lr == "auto":
+    if lr == "auto":  # one process only (dist.check_supported)
         from tuneforge.engine.lr_find import lr_range_test
 
         lr = lr_range_test(setup.bundle, setup.task, setup.train_loader, tc, accelerator, folder.path /
                            "lr_find.png", log)["suggested_lr"]
-    setup.bundle.replace_model(accelerator.prepare(setup.bundle.model))
-    model = setup.bundle.model
+    twin = dist.MetaTwin(setup.bundle.model) if setup.strategy == "fsdp" else None
+    model = dist.wrap_model(setup.bundle.model, setup.strategy, accelerator, setup.precision, world, tc.compile)
+    bundle = dist.training_bundle(setup.bundle, model)
     params = count_params(model)
     log(f"params: {params['trainable']:,} trainable / {params['frozen']:,} frozen "
         f"({100 * params['trainable'] / max(params['total'], 1):.1f}% train)")
@@ -259,9 +286,10 @@ def prepare_training(setup: Setup, folder: RunFolder, log) -> Training:
     metric = cfg.eval.metric or setup.task.default_metric
     ema = WeightEMA(accelerator.unwrap_model(model), tc.ema) if tc.ema else None
     guard = NanGuard(tc.nan_policy, tc.nan_lr_factor, check_grads=accelerator.scaler is None, log=log)
-    trackers = create_trackers(cfg, folder.path, setup.bundle, setup.task.labels, resumed=not folder.created)
-    return Training(folder, lr, plan_phases(tc, lr), StateRestorer(folder, log), guard, ema, model, params,
-                    rss_at_start, metric, setup.task.metric_mode(metric), trackers)
+    trackers = create_trackers(cfg, folder.path, setup.bundle, setup.task.labels,
+                               resumed=not folder.created) if world.main else []
+    return Training(folder, lr, plan_phases(tc, lr), StateRestorer(folder, log), guard, ema, model, bundle, twin,
+                    params, rss_at_start, metric, setup.task.metric_mode(metric), trackers)
 
 
 # ---------------------------------------------------------------- 3. phases
@@ -274,11 +302,13 @@ def build_phase(setup: Setup, training: Training, phase: Phase, index: int, stat
     cfg, tc, bundle, accelerator = setup.cfg, setup.cfg.train, setup.bundle, setup.accelerator
     ptc = phase.train_config(tc)
     phase.apply(bundle, tc, log)
-    head = feature_cache_usable(cfg, setup.task, bundle, phase)
-    run_bundle, train_loader, val_loader = bundle, setup.train_loader, setup.val_loader
+    # cached features train the bare head, outside DDP / FSDP: one process only
+    head = feature_cache_usable(cfg, setup.task, bundle, phase) if not setup.world.distributed else None
+    run_bundle, train_loader, val_loader = training.bundle, setup.train_loader, setup.val_loader
     if head:
         run_bundle, train_loader, val_loader = cached_loaders(cfg, setup.task, bundle, head, setup, accelerator, log)
-    optimizer = accelerator.prepare(create_optimizer(training.model, ptc, head_names(bundle)))
+    plain = accelerator.unwrap_model(training.model)  # the plain model's names (DDP adds `module.`)
+    optimizer = accelerator.prepare(create_optimizer(plain, ptc, head_names(bundle)))
     steps = total_steps(ptc, train_loader.batch_sampler.total)
     scheduler = create_scheduler(optimizer, ptc, steps)
     state.start_phase(steps)
@@ -287,14 +317,12 @@ def build_phase(setup: Setup, training: Training, phase: Phase, index: int, stat
     stopper = EarlyStopping(training.metric, training.mode, es.patience, es.min_delta, es.target, es.enabled)
     ema = training.ema
     stateful = {"early_stopping": stopper, "nan_guard": training.guard, **({"ema": ema} if ema else {})}
-    snapshot = TrainingSnapshot(accelerator.unwrap_model(training.model), optimizer, scheduler, accelerator.scaler,
-                                stateful, cfg.model_dump(mode="json"), index)
-    checkpointer = Checkpointer(training.folder.path, cfg.output.keep_checkpoints, snapshot,
-                                ema.weights if ema else None)
-    callbacks = ([ema] if ema else []) + [MetricsLogger(training.folder.path, log), stopper, *extra_callbacks,
-                                          *training.trackers, checkpointer]  # last: it saves the others' state
+    snapshot, checkpointer = make_checkpointer(setup, training, plain, optimizer, scheduler, stateful, index)
+    writer = setup.world.main  # rank 0 logs; every rank stops, averages (EMA) and checkpoints together
+    callbacks = ([ema] if ema else []) + ([MetricsLogger(training.folder.path, log)] if writer else []) + [
+        stopper, *extra_callbacks, *training.trackers, checkpointer]  # last: it saves the others' state
     callbacks += [chaos.ChaosPoints()] if chaos.enabled() else []
-    callbacks += [ProgressBar(console)] if cfg.output.progress and not quiet else []
+    callbacks += [ProgressBar(console)] if cfg.output.progress and not quiet and writer else []
     training.restorer.restore(snapshot, state)
     return Components(
         bundle=run_bundle, task=setup.task, train_loader=train_loader, val_loader=val_loader, optimizer=optimizer,
@@ -305,6 +333,23 @@ def build_phase(setup: Setup, training: Training, phase: Phase, index: int, stat
         mode=training.mode)
 
 
+def make_checkpointer(setup: Setup, training: Training, plain, optimizer, scheduler, stateful: dict,
+                      index: int) -> tuple[TrainingSnapshot, Checkpointer]:
+    """The phase's snapshot and the callback that writes it: one process as ever; DDP: rank 0 writes, with every
+    rank's RNG; FSDP: sharded by every rank (engine/dist_checkpoint.py)."""
+    cfg, accelerator, world, ema = setup.cfg, setup.accelerator, setup.world, training.ema
+    rng = dist.RankRNG(accelerator, world) if world.distributed else ProcessRNG()
+    kind = ShardedSnapshot if setup.strategy == "fsdp" else TrainingSnapshot
+    snapshot = kind(plain, optimizer, scheduler, accelerator.scaler, stateful, cfg.model_dump(mode="json"), index,
+                    rng)
+    keep, run_dir, best = cfg.output.keep_checkpoints, training.folder.path, ema.weights if ema else None
+    if setup.strategy == "fsdp":
+        return snapshot, ShardedCheckpointer(run_dir, keep, snapshot, world, accelerator)
+    if world.distributed:
+        return snapshot, RankCheckpointer(run_dir, keep, snapshot, best, world, accelerator)
+    return snapshot, Checkpointer(run_dir, keep, snapshot, best)
+
+
 def log_phase(setup: Setup, training: Training, phase: Phase, steps: int, per_epoch: int, cached: bool, log) -> None:
     tc, counts = setup.cfg.train, count_params(training.model)
     log(f"phase {phase.name}: {steps} steps ({per_epoch}/epoch), batch "
@@ -313,6 +358,9 @@ def log_phase(setup: Setup, training: Training, phase: Phase, steps: int, per_ep
         f"{f', layer decay {phase.layer_decay}' if phase.layer_decay else ''}, precision {setup.precision}, "
         f"{setup.threads} threads; {counts['trainable']:,} trainable / {counts['frozen']:,} frozen params"
         f"{'; cached backbone features' if cached else ''}")
+    line = dist.global_batch_line(setup.world, tc.batch_size, tc.grad_accum)
+    if line:
+        log(f"{line} ({setup.strategy}, {setup.accelerator.state.backend})")
 
 
 def fit_phase(c: Components, state: LoopState, phase: Phase, metric: str, log) -> None:
@@ -325,19 +373,28 @@ def fit_phase(c: Components, state: LoopState, phase: Phase, metric: str, log) -
 
 
 def finish(setup: Setup, training: Training, state: LoopState, log) -> tuple[dict, Optional[dict]]:
-    cfg, bundle, task, accelerator = setup.cfg, setup.bundle, setup.task, setup.accelerator
+    cfg, bundle, task, accelerator, world = setup.cfg, setup.bundle, setup.task, setup.accelerator, setup.world
     run_dir = training.folder.path
-    bundle.replace_model(accelerator.unwrap_model(training.model))
-    load_weights_into(bundle.model, best_path(run_dir))  # in place: no second copy at the peak
-    merge_lora(bundle, run_dir / "adapter" if cfg.train.lora is not None else None)
+    accelerator.wait_for_everyone()  # best.safetensors (rank 0's) is on disk
+    if training.twin is not None:  # FSDP: the kept model is evaluated and saved unsharded
+        from safetensors.torch import load_file
+
+        bundle.replace_model(training.twin.materialize(load_file(str(best_path(run_dir))), accelerator.device))
+    else:
+        bundle.replace_model(accelerator.unwrap_model(training.model))
+        load_weights_into(bundle.model, best_path(run_dir))  # in place: no second copy at the peak
+    merge_lora(bundle, run_dir / "adapter" if cfg.train.lora is not None and world.main else None)
     with evaluating(state):
         final = evaluate(bundle, task, setup.val_loader, accelerator)
         task.finalize()  # what was tuned on validation (thresholds) is fixed from here on, test included
         test = None
         if setup.test_built is not None:  # an optional test split under data.dir: evaluated once, kept model
-            loader = make_loader(setup.test_built, cfg.eval_batch_size, False, cfg.train.seed, cfg.data.num_workers)
+            loader = make_loader(setup.test_built, cfg.eval_batch_size, False, cfg.train.seed, cfg.data.num_workers,
+                                 world=world)
             test = evaluate(bundle, task, loader, accelerator)
             log("test: " + " ".join(f"{k} {v:.4f}" for k, v in scalars(test).items() if k != "samples"))
+    if not world.main:
+        return final, test
     task.after_training(bundle, run_dir, log)
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".model.", suffix=".tmp"))  # model/ appears whole or not at all
     save_model(bundle, tmp, {"task_state": task.state(), "precision": setup.precision,
@@ -378,6 +435,8 @@ def build_summary(setup: Setup, training: Training, state: LoopState, final: dic
                  "imbalance_ratio": setup.report.get("imbalance_ratio"),
                  "imbalance_remedy": setup.report["imbalance_remedy"]},
         "model": {"name": cfg.model.name, "source": setup.bundle.source},
+        "distributed": dist.summary(setup.strategy, setup.world, setup.accelerator, cfg.train.batch_size,
+                                    cfg.train.grad_accum),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 

@@ -43,6 +43,16 @@ class RunLog:
         self.path = path
 
 
+class SilentLog(RunLog):
+    """The log of a process that is not rank 0: rank 0 prints and keeps train.log for every process."""
+
+    def __call__(self, msg: str) -> None:
+        pass
+
+    def attach(self, path: Path, append: bool = False) -> None:
+        pass
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
