@@ -34,6 +34,10 @@ LOSS_TOL = dict(rel_tol=1e-5, abs_tol=1e-6)
 # 117 train rows: the last global batch of 16 has 5 rows (split 3 + 2, weighed 1.2 / 0.8); 39 val rows: the last
 # eval batch of 2 x 7 has 11 (6 + 6 with one repeat, cut off after the gather)
 TRAIN_ROWS, VAL_ROWS = 117, 39
+# the launched processes run on the CPU (gloo) everywhere; tests that compare them with a run in this process
+# need this process on the CPU too
+CPU = {"CUDA_VISIBLE_DEVICES": ""}
+cpu_here = pytest.mark.skipif(torch.cuda.is_available(), reason="compares with a one-process run on the CPU")
 
 
 # ------------------------------------------------------------------ the sampler (no processes needed)
@@ -77,13 +81,27 @@ def test_eval_slices_are_padded_evenly_and_cut_after_the_gather():
 
 def torchrun(args: list[str], work: Path, env: dict | None = None, entry: str | None = None,
              timeout: float = 300) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc-per-node 2 <entry> <args>` (entry: tests/dist_entry.py, or `-m tuneforge`)."""
-    target = ["-m", "tuneforge"] if entry == "module" else [str(ENTRY)]
+    """`torchrun --standalone --nproc-per-node 2 <entry> <args>` (entry: tests/dist_entry.py, or `-m tuneforge`),
+    or entry "accelerate": `accelerate launch --multi_gpu --num_processes 2 -m tuneforge <args>` (its torchrun
+    launcher; on CPU the processes use gloo)."""
+    target = ["-m", "tuneforge"] if entry in ("module", "accelerate") else [str(ENTRY)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *target, *args]
+    if entry == "accelerate":
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), *target, *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(Path(tuneforge.__file__).parents[1]), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-                **(env or {})}
+                **CPU, **(env or {})}
     return subprocess.run(cmd, cwd=work, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def ok(proc: subprocess.CompletedProcess) -> None:
@@ -156,18 +174,20 @@ def ddp_text(work, text):
     return out, one.run_dir, proc
 
 
+@cpu_here
 def test_ddp_text_equals_one_process_with_twice_the_batch(ddp_text):
     out, one, proc = ddp_text
     same_curves(out, one)
     s = json.loads((out / "summary.json").read_text())
-    assert s["distributed"] == {"strategy": "ddp", "world_size": 2, "backend": "gloo", "per_device_batch": 8,
-                                "global_batch": 16}
+    assert s["distributed"] == {"strategy": "ddp", "world_size": 2, "backend": "gloo", "device": "cpu",
+                                "per_device_batch": 8, "global_batch": 16}
     assert s["samples_seen"] == json.loads((one / "summary.json").read_text())["samples_seen"] > 3 * TRAIN_ROWS
     assert s["eval"]["samples"] == VAL_ROWS  # the whole validation set, once
     assert s["eval"]["accuracy"] == 1.0  # it learned
     assert len([line for line in proc.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 answers
 
 
+@cpu_here
 def test_only_rank_0_writes(ddp_text, work):
     out, one, _ = ddp_text
     rank0 = json.loads((work / "writes.0").read_text())
@@ -177,6 +197,7 @@ def test_only_rank_0_writes(ddp_text, work):
     assert inventory(out) == inventory(one)  # the same run folder as one process writes
 
 
+@cpu_here
 def test_validation_metrics_equal_one_process_evaluation(ddp_text, work):
     """The 2-process final evaluation (sharded, gathered, repeats cut) = `Predictor.evaluate` of model/ on one
     process: the same rows once each, the same predictions; the loss within float tolerance."""
@@ -191,6 +212,7 @@ def test_validation_metrics_equal_one_process_evaluation(ddp_text, work):
     assert close(single["loss"], gathered["loss"])
 
 
+@cpu_here
 def test_ddp_image_equals_one_process(work, image_recipe, timm_weights_file):
     """timm test_efficientnet (BatchNorm: statistics frozen), no augmentation, no dropout; 48 images, 2 x 4 vs 8."""
     def recipe(batch: int) -> dict:
@@ -239,8 +261,12 @@ def test_kill_rank_1_mid_epoch_then_resume_is_bit_identical(strategy, work, with
     assert killed.returncode != 0 and "SIGKILL" in killed.stderr
     assert not (out / "summary.json").exists()
     assert max(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step-")) == "step-00000010"
-    ok(torchrun(["resume", str(out), "--quiet"], work))
+    writes = work / f"{strategy}-resume-writes"
+    ok(torchrun(["resume", str(out), "--quiet"], work, {"TUNEFORGE_TEST_WATCH": str(out),
+                                                         "TUNEFORGE_TEST_WRITES": str(writes)}))
     assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 10
+    rank1 = json.loads(Path(f"{writes}.1").read_text())
+    assert rank1 == [] if strategy == "ddp" else all("/checkpoints/" in w for w in rank1), rank1[:5]  # FSDP: shards
     assert weights_hash(out) == weights_hash(ref)
     assert history(out) == history(ref)
     assert summary(out) == summary(ref)
@@ -266,7 +292,7 @@ def test_resume_on_another_number_of_processes_is_refused(work, ddp_reference, c
 def test_lora_trains_and_saves_a_plain_transformers_model(strategy, work, text):
     """LoRA is applied before the model is wrapped (DDP) or sharded (FSDP2); model/ is the merged model, loadable
     by transformers alone, and predicts what tuneforge's evaluation measured. DDP goes through `tuneforge train
-    --nproc 2` (which execs torchrun)."""
+    --nproc 2` (which execs torchrun), FSDP through `accelerate launch`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     recipe = write_recipe(work / f"lora-{strategy}.yaml", text(8, train={
@@ -274,11 +300,11 @@ def test_lora_trains_and_saves_a_plain_transformers_model(strategy, work, text):
                                                                        "target_modules": ["query", "value"]}}))
     out = work / f"lora-{strategy}"
     if strategy == "ddp":
-        env = {**os.environ, "PYTHONPATH": str(Path(tuneforge.__file__).parents[1])}
+        env = {**os.environ, **CPU, "PYTHONPATH": str(Path(tuneforge.__file__).parents[1])}
         ok(subprocess.run([sys.executable, "-m", "tuneforge", "train", str(recipe), "--output", str(out), "--quiet",
                            "--nproc", "2"], cwd=work, env=env, capture_output=True, text=True, timeout=300))
     else:
-        ok(torchrun(["train", str(recipe), "--output", str(out), "--quiet"], work))
+        ok(torchrun(["train", str(recipe), "--output", str(out), "--quiet"], work, entry="accelerate"))
     s = json.loads((out / "summary.json").read_text())
     assert s["distributed"]["strategy"] == strategy and s["strategies"]["lora"]["r"] == 4
     assert (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -41,8 +41,8 @@ from tuneforge.models.base import write_json
 from tuneforge.tasks import Task, create_task
 from tuneforge.tasks.base import Built
 from tuneforge.trackers import create_trackers, require_packages
-from tuneforge.utils import (RunLog, SilentLog, console, count_params, peak_rss_mb, resolve_precision, rss_mb,
-                             seed_everything, set_threads)
+from tuneforge.utils import (RunLog, SilentLog, console, count_params, peak_device_memory_mb, peak_rss_mb,
+                             resolve_precision, rss_mb, seed_everything, set_threads)
 
 
 @dataclass
@@ -288,8 +288,9 @@ def prepare_training(setup: Setup, folder: RunFolder, log) -> Training:
     guard = NanGuard(tc.nan_policy, tc.nan_lr_factor, check_grads=accelerator.scaler is None, log=log)
     trackers = create_trackers(cfg, folder.path, setup.bundle, setup.task.labels,
                                resumed=not folder.created) if world.main else []
-    return Training(folder, lr, plan_phases(tc, lr), StateRestorer(folder, log), guard, ema, model, bundle, twin,
-                    params, rss_at_start, metric, setup.task.metric_mode(metric), trackers)
+    restorer = StateRestorer(folder, log, writer=world.main)
+    return Training(folder, lr, plan_phases(tc, lr), restorer, guard, ema, model, bundle, twin, params, rss_at_start,
+                    metric, setup.task.metric_mode(metric), trackers)
 
 
 # ---------------------------------------------------------------- 3. phases
@@ -424,6 +425,7 @@ def build_summary(setup: Setup, training: Training, state: LoopState, final: dic
         "eval_seconds": round(state.eval_seconds, 3),
         **throughput(state, setup.bundle),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_device_memory_mb": peak_device_memory_mb(setup.accelerator.device),
         "rss_at_train_start_mb": round(training.rss_at_start, 1),
         "precision": setup.precision,
         "threads": setup.threads,

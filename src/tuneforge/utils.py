@@ -120,6 +120,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def peak_device_memory_mb(device) -> Optional[float]:
+    """Peak memory torch allocated on a CUDA device (None on the CPU: peak_rss_mb covers it)."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+
+
 def rss_mb() -> float:
     """Resident memory now."""
     return psutil.Process().memory_info().rss / 2 ** 20

@@ -76,6 +76,10 @@ def check_supported(cfg, strategy: str, world: World) -> None:
     if strategy == "none":
         return
     tc, n = cfg.train, world.size
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and world.local_size > gpus:
+        raise ConfigError(f"{world.local_size} processes on this machine but {gpus} CUDA device(s): one process per "
+                          f"GPU; launch with --nproc-per-node {gpus} (or set CUDA_VISIBLE_DEVICES)")
     if tc.head_epochs > 0:
         raise ConfigError(f"train.head_epochs (several training phases) is not supported on {n} processes yet: "
                           "the trainable set may not change under DDP / FSDP; train on one process, or use "
@@ -281,8 +285,8 @@ class RankRNG(ProcessRNG):
 def summary(strategy: str, world: World, accelerator, batch_size: int, grad_accum: int) -> dict:
     """summary.json `distributed`: how the run was spread, and the batch one optimizer step sees."""
     backend = accelerator.state.backend if world.distributed else None
-    return {"strategy": strategy, "world_size": world.size, "backend": backend, "per_device_batch": batch_size,
-            "global_batch": batch_size * world.size * grad_accum}
+    return {"strategy": strategy, "world_size": world.size, "backend": backend, "device": accelerator.device.type,
+            "per_device_batch": batch_size, "global_batch": batch_size * world.size * grad_accum}
 
 
 def global_batch_line(world: World, batch_size: int, grad_accum: int) -> Optional[str]:
