@@ -116,13 +116,16 @@ def run_eval(c: Components, state: LoopState) -> dict:
     with c.eval_weights(), evaluating(state):  # e.g. the EMA weights
         metrics = evaluate(c.bundle, c.task, c.val_loader, c.accelerator)
     state.eval_seconds += time.perf_counter() - t
+    # the clock includes this evaluation (wall_seconds - eval_seconds is the training time; without this the final
+    # evaluation was counted in eval_seconds only, and a short run's samples/s came out inflated or infinite)
+    wall_at_step, state.wall_seconds = state.wall_seconds, time.perf_counter() - c.t0
     value = metrics[c.metric]
     sign = 1 if c.mode == "max" else -1
     state.is_best = state.best_metric is None or sign * (value - state.best_metric) > 0
     if state.is_best:
         state.best_metric, state.best_step = value, state.step
     record = {"step": state.step, "epoch": state.epoch_progress(c.train_loader.batch_sampler.total),
-              "wall_seconds": round(state.wall_seconds, 3), "samples_seen": state.samples_seen,
+              "wall_seconds": round(wall_at_step, 3), "samples_seen": state.samples_seen,
               "train_loss": state.last_loss, "metrics": metrics}
     # the history (kept in every checkpoint) holds the scalars only: per-class tables and confusion matrices
     # (classes² numbers per evaluation) stay in metrics.jsonl
