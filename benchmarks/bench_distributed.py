@@ -55,6 +55,7 @@ def tiny_model(d: Path) -> Path:
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     torch.manual_seed(0)
+    d.mkdir(parents=True)
     (d / "vocab.txt").write_text("\n".join(_vocab()) + "\n", encoding="utf-8")
     tok = BertTokenizerFast(vocab=str(d / "vocab.txt"))
     config = BertConfig(vocab_size=len(_vocab()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

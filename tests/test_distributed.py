@@ -151,8 +151,8 @@ def text(work, text_recipe):
     """text(batch, **sections) → the tiny-BERT recipe on the 117 / 39 rows (2 x 8 is one process's 16)."""
     def make(batch: int, **updates) -> dict:
         base = text_recipe(data={"dir": str(work / "data"), "max_length": 32},
-                           train={"max_steps": 30, "batch_size": batch}, eval={"every_steps": 10, "batch_size": batch - 1},
-                           output={"keep_checkpoints": 2})
+                           train={"max_steps": 30, "batch_size": batch},
+                           eval={"every_steps": 10, "batch_size": batch - 1}, output={"keep_checkpoints": 2})
         for section, values in updates.items():
             base[section] = {**base.get(section, {}), **values}
         return base
@@ -285,7 +285,7 @@ def test_resume_on_another_number_of_processes_is_refused(work, ddp_reference, c
     assert len(err) == 1 and "trained on 2 process(es)" in err[0] and "--nproc-per-node 2" in err[0], err
 
 
-# ------------------------------------------------------------------ FSDP / LoRA: the saved model loads without tuneforge
+# ------------------------------------------------------------------ LoRA: the saved model loads without tuneforge
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

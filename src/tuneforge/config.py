@@ -219,7 +219,7 @@ class TrainConfig(_Section):
     nan_policy: Literal["stop", "skip", "rollback"] = "stop"
     nan_lr_factor: float = Field(0.5, gt=0.0, lt=1.0)  # rollback: LR multiplier per rollback
     # --- several processes (torchrun / accelerate launch; SCALING.md). batch_size stays per process.
-    # auto: DDP when launched on several processes; fsdp: FSDP2, parameters sharded per block; none: one process only
+    # auto: DDP when launched on several processes; fsdp: FSDP2, parameters sharded per block; none: one process
     distributed: Literal["auto", "ddp", "fsdp", "none"] = "auto"
     compile: bool = False  # torch.compile the model (opt-in: compiling takes minutes; pays on long GPU runs)
 

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import json
 import tempfile
-from functools import partial
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
 from tuneforge.config import Config, load_config, to_yaml
 from tuneforge.data.report import build_report, describe, fingerprint
 from tuneforge.engine import chaos
+from tuneforge.engine import distributed as dist
 from tuneforge.engine.callbacks import Callback, CallbackList, EarlyStopping, MetricsLogger, ProgressBar
 from tuneforge.engine.checkpoint import Checkpointer, atomic_write_text, best_path, load_weights_into, publish_dir
 from tuneforge.engine.device import make_accelerator
-from tuneforge.engine import distributed as dist
 from tuneforge.engine.dist_checkpoint import RankCheckpointer, ShardedCheckpointer, ShardedSnapshot
 from tuneforge.engine.ema import WeightEMA
 from tuneforge.engine.feature_cache import cached_loaders, feature_cache_usable

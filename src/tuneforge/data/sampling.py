@@ -40,7 +40,8 @@ class EpochBatchSampler(Sampler[list[int]]):
     def batches(self) -> list[list[int]]:
         """The epoch's global batches (every rank's rows), in order."""
         if not self.shuffle:  # evaluation: fixed order, longest first when lengths are known (less padding)
-            order = list(range(self.n)) if self.lengths is None else sorted(range(self.n), key=lambda i: -self.lengths[i])
+            order = list(range(self.n)) if self.lengths is None else \
+                sorted(range(self.n), key=lambda i: -self.lengths[i])
             return [order[i:i + self.global_batch] for i in range(0, self.n, self.global_batch)]
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         if self.weights is not None:  # resampling: n draws with replacement, in proportion to the weights
