@@ -30,6 +30,14 @@ TEST_WORDS = ["hello", "world", "second", "text"]
 # 2 OpenMP threads spin-wait on each other and a 26k-parameter BERT step took 0.5 s instead of 0.02 s.
 THREADS = int(os.environ.get("TUNEFORGE_TEST_THREADS", "1"))
 
+# benchmarks/gpu_check.sh sets TUNEFORGE_TEST_DEVICE=cuda: the tiny tests then run on CUDA (the accelerator takes
+# CUDA whenever it is visible), and a box where it is not visible fails here instead of passing on the CPU
+if os.environ.get("TUNEFORGE_TEST_DEVICE") == "cuda":
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("TUNEFORGE_TEST_DEVICE=cuda, but torch sees no CUDA device")
+
 
 def _vocab() -> list[str]:
     seen: dict[str, None] = {}

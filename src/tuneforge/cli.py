@@ -16,11 +16,13 @@ from tuneforge.errors import TuneforgeError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pretrained models on your own data.")
     sub = p.add_subparsers(dest="command", required=True)
+    p.set_defaults(nproc=None)  # train and resume take --nproc
 
     _add_train_commands(sub)
 
     r = sub.add_parser("resume", help="continue an interrupted run from its latest checkpoint")
     r.add_argument("run_dir")
+    _add_nproc(r)
     r.add_argument("--accept-changes", action="store_true",
                    help="continue although threads, precision or library versions changed (not bit-identical)")
     r.add_argument("--trust-remote-code", action="store_true",
@@ -76,12 +78,39 @@ def _add_train_commands(sub) -> None:
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its latest checkpoint (or start it if the folder is empty)")
     t.add_argument("--quiet", action="store_true")
+    _add_nproc(t)
 
     pl = sub.add_parser("plan", help="what a run would cost on this machine (time, memory) and warnings; trains "
                         "and writes nothing")
     pl.add_argument("recipe")
     pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     pl.add_argument("--json", action="store_true", help="one JSON object instead of text")
+
+
+def _add_nproc(p) -> None:
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="run on N processes of this machine (one per GPU): re-launches itself with torchrun "
+                        "(python -m torch.distributed.run --standalone --nproc-per-node N); see SCALING.md")
+
+
+def _exec_torchrun(argv: list[str], n: int) -> None:
+    """Replace this process with `torchrun --standalone --nproc-per-node N -m tuneforge <argv without --nproc>`:
+    torchrun starts, watches and stops the N processes; tuneforge adds no launcher of its own."""
+    if n < 1:
+        raise TuneforgeError(f"--nproc must be at least 1 (got {n})")
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+           "-m", "tuneforge", *rest]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(cmd[0], cmd)
 
 
 def _add_observe_commands(sub) -> None:
@@ -133,6 +162,8 @@ def _add_ship_commands(sub) -> None:
 
 
 def _print_result(result) -> None:
+    if os.environ.get("RANK", "0") != "0":  # several processes (torchrun): rank 0 answers for the run
+        return
     print(json.dumps({"run_dir": str(result.run_dir), "metric": result.summary["metric"],
                       **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}))
 
@@ -294,9 +325,12 @@ def _cmd_serve(a) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if args.nproc not in (None, 1):
+            _exec_torchrun(argv, args.nproc)  # does not return
         {"train": _cmd_train, "resume": _cmd_resume, "plan": _cmd_plan, "lr-find": _cmd_lr_find, "eval": _cmd_eval,
          "predict": _cmd_predict, "install-model": _cmd_install_model, "report": _cmd_report,
          "sweep": _cmd_sweep, "export": _cmd_export, "serve": _cmd_serve}[args.command](args)

@@ -241,6 +241,10 @@ class TrainConfig(_Section):
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return parse_duration(v) if isinstance(v, str) else v
+    # --- several processes (torchrun / accelerate launch; SCALING.md). batch_size stays per process.
+    # auto: DDP when launched on several processes; fsdp: FSDP2, parameters sharded per block; none: one process
+    distributed: Literal["auto", "ddp", "fsdp", "none"] = "auto"
+    compile: bool = False  # torch.compile the model (opt-in: compiling takes minutes; pays on long GPU runs)
 
 
 class EvalConfig(_Section):

@@ -12,15 +12,18 @@ import tempfile
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
 from tuneforge.config import Config, load_config, to_yaml
 from tuneforge.data.report import build_report, describe, fingerprint
 from tuneforge.engine import chaos
+from tuneforge.engine import distributed as dist
 from tuneforge.engine.callbacks import Callback, CallbackList, EarlyStopping, MetricsLogger, ProgressBar
 from tuneforge.engine.checkpoint import Checkpointer, atomic_write_text, best_path, load_weights_into, publish_dir
 from tuneforge.engine.device import make_accelerator
+from tuneforge.engine.dist_checkpoint import RankCheckpointer, ShardedCheckpointer, ShardedSnapshot
 from tuneforge.engine.ema import WeightEMA
 from tuneforge.engine.feature_cache import cached_loaders, feature_cache_usable
 from tuneforge.engine.guards import NanGuard, is_oom, oom_error
@@ -30,8 +33,8 @@ from tuneforge.engine.budget import STOPPED as BUDGET_STOPPED
 from tuneforge.engine.budget import Deadline, TimeBudget
 from tuneforge.engine.optim import Horizon, create_optimizer, create_scheduler, total_steps
 from tuneforge.engine.restore import StateRestorer
-from tuneforge.engine.run_folder import RunFolder, check_run_record, environment, open_run_folder
-from tuneforge.engine.snapshot import TrainingSnapshot
+from tuneforge.engine.run_folder import RunFolder, check_run_record, environment, open_run_folder, shared_run_folder
+from tuneforge.engine.snapshot import ProcessRNG, TrainingSnapshot
 from tuneforge.engine.state import LoopState
 from tuneforge.engine.timing import mean_step_size
 from tuneforge.engine.trainable import Phase, check_trainable, head_names, merge_lora, plan_phases, prepare_trainable
@@ -43,8 +46,8 @@ from tuneforge.presets import apply_preset
 from tuneforge.tasks import Task, create_task
 from tuneforge.tasks.base import Built
 from tuneforge.trackers import create_trackers, require_packages
-from tuneforge.utils import (RunLog, console, count_params, peak_rss_mb, resolve_precision, rss_mb,
-                             seed_everything, set_threads)
+from tuneforge.utils import (RunLog, SilentLog, console, count_params, peak_device_memory_mb, peak_rss_mb,
+                             resolve_precision, rss_mb, seed_everything, set_threads)
 
 
 @dataclass
@@ -83,6 +86,8 @@ class Setup:
     val_loader: Any
     speed: dict  # the speed features that are on
     checkpointing: bool
+    world: dist.World  # this process among the launched ones (one, unless torchrun / accelerate launch)
+    strategy: str  # none | ddp | fsdp
     preset: Optional[dict] = None  # preset: auto's choices and their reasons (presets.py)
 
 
@@ -96,7 +101,9 @@ class Training:
     restorer: StateRestorer
     guard: NanGuard
     ema: Optional[WeightEMA]
-    model: Any  # the accelerator-prepared model, trained in every phase
+    model: Any  # the accelerator-prepared model (DDP: its wrapper; FSDP: sharded in place), trained in every phase
+    bundle: Any  # the bundle the loop runs (holds `model`); setup.bundle keeps the plain model
+    twin: Optional[dist.MetaTwin]  # FSDP: a weightless plain copy, filled with the kept weights at the end
     params: dict
     rss_at_start: float
     metric: str
@@ -115,12 +122,14 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
     `callbacks` are added to every phase's callbacks (before the checkpointer, which saves their effect).
     `started`: the time.perf_counter() value train.time_budget counts from (default: now; the CLI passes its
     process start, so imports count too)."""
-    log, state = RunLog(quiet), LoopState()
+    world = dist.World.from_env()
+    log, state = RunLog(quiet) if world.main else SilentLog(), LoopState()  # rank 0 speaks for every process
     started = time.perf_counter() if started is None else started
     cfg = load_config(recipe, overrides)
     with oom_as_error(cfg, state):
         setup = prepare(cfg, log)
-        with open_run_folder(setup.cfg, output, overwrite, resume, _user_paths(recipe, cfg), log) as folder:
+        opener = partial(open_run_folder, setup.cfg, output, overwrite, resume, _user_paths(recipe, cfg), log)
+        with shared_run_folder(world, setup.accelerator, opener) as folder:  # rank 0 opens it, the others follow
             if folder.finished:
                 log(f"{folder.path} already finished (summary.json); nothing to resume")
                 return RunResult.read(folder.path)
@@ -136,8 +145,9 @@ def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | Non
                     break
             final, test = finish(setup, training, state, log)
             summary = build_summary(setup, training, state, final, test)
-            write_summary(folder.path, summary, log)
-            publish_run(setup, training, summary, log)
+            if world.main:
+                write_summary(folder.path, summary, log)
+                publish_run(setup, training, summary, log)
             return RunResult(folder.path, final, summary)
 
 
@@ -182,7 +192,10 @@ def _user_paths(recipe, cfg: Config) -> list[Path]:
 def prepare(cfg: Config, log) -> Setup:
     """Task, data, model and what trains, every check done (labels, files, images, losses, metric, trainable
     parameters) and nothing written yet."""
-    threads = set_threads(cfg.train.threads)
+    world = dist.World.from_env()
+    strategy = dist.choose_strategy(cfg.train.distributed, world)
+    dist.check_supported(cfg, strategy, world)
+    threads = set_threads(cfg.train.threads or (dist.threads_per_process(world) if world.distributed else None))
     seed_everything(cfg.train.seed)
     task = create_task(cfg, log)
     require_packages(cfg.output.loggers)
@@ -207,15 +220,19 @@ def prepare(cfg: Config, log) -> Setup:
         f"labels: {', '.join(task.labels[:12])}{' ...' if len(task.labels) > 12 else ''}")
     seed_everything(cfg.train.seed)  # model init above consumed RNG differently per source
     precision = resolve_precision(cfg.train.precision)
-    accelerator = make_accelerator(precision)
+    accelerator = make_accelerator(precision, world.size)
     speed = use_speed_features(bundle, cfg, log)
     checkpointing = prepare_trainable(bundle, cfg.train, log)
     check_trainable(bundle.model)
     tc, data = cfg.train, cfg.data
-    train_loader = make_loader(built["train"], tc.batch_size, True, tc.seed, data.num_workers, data.group_by_length)
-    val_loader = make_loader(built["val"], cfg.eval_batch_size, False, tc.seed, data.num_workers)
+    if world.distributed:  # the model (LoRA included) is built the same on every rank; from here each has its RNG
+        seed_everything(dist.rank_seed(tc.seed, world))
+    train_loader = make_loader(built["train"], tc.batch_size, True, tc.seed, data.num_workers, data.group_by_length,
+                               world)
+    val_loader = make_loader(built["val"], cfg.eval_batch_size, False, tc.seed, data.num_workers, world=world)
     return Setup(cfg, task, bundle, accelerator, precision, threads, train_ex, val_ex, test_ex, report,
-                 built["train"], built["val"], built.get("test"), train_loader, val_loader, speed, checkpointing, preset)
+                 built["train"], built["val"], built.get("test"), train_loader, val_loader, speed, checkpointing,
+                 world, strategy, preset)
 
 
 def use_speed_features(bundle, cfg: Config, log) -> dict:
@@ -235,6 +252,9 @@ def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = Non
 
     log = RunLog(quiet)
     cfg = load_config(recipe, overrides)
+    if dist.World.from_env().distributed:
+        raise ConfigError("tuneforge lr-find runs on one process; start it with plain `tuneforge lr-find`, not "
+                          "torchrun / accelerate launch")
     setup = prepare(cfg, log)
     plot_path = Path(plot or f"lr_find-{cfg.output.name or 'run'}.png")
     plot_path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,11 +270,15 @@ def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = Non
 
 def record_start(setup: Setup, folder: RunFolder, accept_changes: bool, log) -> None:
     """run.json (data fingerprint, environment; checked first on resume: a refused resume leaves the folder as it
-    was, train.log included), train.log, config.yaml, data_report.json."""
+    was, train.log included), train.log, config.yaml, data_report.json. Only rank 0 writes; the other ranks check
+    run.json too, so a refused resume is refused by every rank."""
     data = dict(setup.report["fingerprint"])
     if setup.test_ex is not None:
         data["test"] = fingerprint(setup.test_ex, [repr(x) for x in setup.test_ex.inputs], "text")
-    check_run_record(folder, data, environment(setup.precision, setup.threads), accept_changes, log)
+    env = environment(setup.precision, setup.threads, setup.world.size)
+    check_run_record(folder, data, env, accept_changes, log, write=setup.world.main)
+    if not setup.world.main:
+        return
     log.attach(folder.path / "train.log", append=not folder.created)
     if folder.created:
         atomic_write_text(folder.path / "config.yaml", to_yaml(setup.cfg))
@@ -262,17 +286,19 @@ def record_start(setup: Setup, folder: RunFolder, accept_changes: bool, log) -> 
 
 
 def prepare_training(setup: Setup, folder: RunFolder, log, started: Optional[float] = None) -> Training:
-    cfg, tc, accelerator = setup.cfg, setup.cfg.train, setup.accelerator
-    setup.task.before_training(setup.bundle, folder.path, resumed=not folder.created, log=log)
+    cfg, tc, accelerator, world = setup.cfg, setup.cfg.train, setup.accelerator, setup.world
+    if world.main:  # e.g. the base model's generations, written into the run folder
+        setup.task.before_training(setup.bundle, folder.path, resumed=not folder.created, log=log)
     lr, lr_auto = tc.lr, None
-    if lr == "auto":  # deterministic (pretrained weights, restored RNG): a resumed run finds the same LRs
+    if lr == "auto":  # one process (dist.check_supported); deterministic: a resumed run finds the same LRs
         lr_auto = choose_lrs(setup, folder.path, log)
         lr = lr_auto["lr"]
     phases = plan_phases(tc, lr)
     if lr_auto and lr_auto.get("head_phase_lr") and len(phases) > 1:
         phases[0] = dataclasses.replace(phases[0], lr=lr_auto["head_phase_lr"])
-    setup.bundle.replace_model(accelerator.prepare(setup.bundle.model))
-    model = setup.bundle.model
+    twin = dist.MetaTwin(setup.bundle.model) if setup.strategy == "fsdp" else None
+    model = dist.wrap_model(setup.bundle.model, setup.strategy, accelerator, setup.precision, world, tc.compile)
+    bundle = dist.training_bundle(setup.bundle, model)
     params = count_params(model)
     log(f"params: {params['trainable']:,} trainable / {params['frozen']:,} frozen "
         f"({100 * params['trainable'] / max(params['total'], 1):.1f}% train)")
@@ -280,11 +306,12 @@ def prepare_training(setup: Setup, folder: RunFolder, log, started: Optional[flo
     metric = cfg.eval.metric or setup.task.default_metric
     ema = WeightEMA(accelerator.unwrap_model(model), tc.ema) if tc.ema else None
     guard = NanGuard(tc.nan_policy, tc.nan_lr_factor, check_grads=accelerator.scaler is None, log=log)
-    trackers = create_trackers(cfg, folder.path, setup.bundle, setup.task.labels, resumed=not folder.created)
-    restorer = StateRestorer(folder, log)
+    trackers = create_trackers(cfg, folder.path, setup.bundle, setup.task.labels,
+                               resumed=not folder.created) if world.main else []
+    restorer = StateRestorer(folder, log, writer=world.main)
     deadline = make_deadline(setup, restorer, started) if tc.time_budget else None
-    return Training(folder, lr, phases, restorer, guard, ema, model, params,
-                    rss_at_start, metric, setup.task.metric_mode(metric), trackers, deadline, lr_auto)
+    return Training(folder, lr, phases, restorer, guard, ema, model, bundle, twin, params, rss_at_start,
+                    metric, setup.task.metric_mode(metric), trackers, deadline, lr_auto)
 
 
 def choose_lrs(setup: Setup, plot_dir: Path, log) -> dict:
@@ -340,11 +367,13 @@ def build_phase(setup: Setup, training: Training, phase: Phase, index: int, stat
     cfg, tc, bundle, accelerator = setup.cfg, setup.cfg.train, setup.bundle, setup.accelerator
     ptc = phase.train_config(tc)
     phase.apply(bundle, tc, log)
-    head = feature_cache_usable(cfg, setup.task, bundle, phase)
-    run_bundle, train_loader, val_loader = bundle, setup.train_loader, setup.val_loader
+    # cached features train the bare head, outside DDP / FSDP: one process only
+    head = feature_cache_usable(cfg, setup.task, bundle, phase) if not setup.world.distributed else None
+    run_bundle, train_loader, val_loader = training.bundle, setup.train_loader, setup.val_loader
     if head:
         run_bundle, train_loader, val_loader = cached_loaders(cfg, setup.task, bundle, head, setup, accelerator, log)
-    optimizer = accelerator.prepare(create_optimizer(training.model, ptc, head_names(bundle)))
+    plain = accelerator.unwrap_model(training.model)  # the plain model's names (DDP adds `module.`)
+    optimizer = accelerator.prepare(create_optimizer(plain, ptc, head_names(bundle)))
     steps = total_steps(ptc, train_loader.batch_sampler.total)
     horizon = Horizon(ptc, steps) if training.deadline else None  # train.time_budget sets it while training
     scheduler = create_scheduler(optimizer, ptc, steps, horizon)
@@ -354,16 +383,14 @@ def build_phase(setup: Setup, training: Training, phase: Phase, index: int, stat
     stopper = EarlyStopping(training.metric, training.mode, es.patience, es.min_delta, es.target, es.enabled)
     ema = training.ema
     stateful = {"early_stopping": stopper, "nan_guard": training.guard, **({"ema": ema} if ema else {})}
-    snapshot = TrainingSnapshot(accelerator.unwrap_model(training.model), optimizer, scheduler, accelerator.scaler,
-                                stateful, cfg.model_dump(mode="json"), index)
-    checkpointer = Checkpointer(training.folder.path, cfg.output.keep_checkpoints, snapshot,
-                                ema.weights if ema else None)
-    callbacks = ([ema] if ema else []) + [MetricsLogger(training.folder.path, log), stopper, *extra_callbacks,
-                                          *training.trackers, checkpointer]  # last: it saves the others' state
+    snapshot, checkpointer = make_checkpointer(setup, training, plain, optimizer, scheduler, stateful, index)
+    writer = setup.world.main  # rank 0 logs; every rank stops, averages (EMA) and checkpoints together
+    callbacks = ([ema] if ema else []) + ([MetricsLogger(training.folder.path, log)] if writer else []) + [
+        stopper, *extra_callbacks, *training.trackers, checkpointer]  # last: it saves the others' state
     if horizon is not None:  # after the checkpointer: an evaluation's cost includes its checkpoint
         callbacks.append(phase_budget(setup, training, index, horizon, steps, train_loader, log))
     callbacks += [chaos.ChaosPoints()] if chaos.enabled() else []
-    callbacks += [ProgressBar(console)] if cfg.output.progress and not quiet else []
+    callbacks += [ProgressBar(console)] if cfg.output.progress and not quiet and writer else []
     training.restorer.restore(snapshot, state)
     return Components(
         bundle=run_bundle, task=setup.task, train_loader=train_loader, val_loader=val_loader, optimizer=optimizer,
@@ -387,6 +414,23 @@ def phase_budget(setup: Setup, training: Training, index: int, horizon: Horizon,
                       eval_rows, phases[index].name, log)
 
 
+def make_checkpointer(setup: Setup, training: Training, plain, optimizer, scheduler, stateful: dict,
+                      index: int) -> tuple[TrainingSnapshot, Checkpointer]:
+    """The phase's snapshot and the callback that writes it: one process as ever; DDP: rank 0 writes, with every
+    rank's RNG; FSDP: sharded by every rank (engine/dist_checkpoint.py)."""
+    cfg, accelerator, world, ema = setup.cfg, setup.accelerator, setup.world, training.ema
+    rng = dist.RankRNG(accelerator, world) if world.distributed else ProcessRNG()
+    kind = ShardedSnapshot if setup.strategy == "fsdp" else TrainingSnapshot
+    snapshot = kind(plain, optimizer, scheduler, accelerator.scaler, stateful, cfg.model_dump(mode="json"), index,
+                    rng)
+    keep, run_dir, best = cfg.output.keep_checkpoints, training.folder.path, ema.weights if ema else None
+    if setup.strategy == "fsdp":
+        return snapshot, ShardedCheckpointer(run_dir, keep, snapshot, world, accelerator)
+    if world.distributed:
+        return snapshot, RankCheckpointer(run_dir, keep, snapshot, best, world, accelerator)
+    return snapshot, Checkpointer(run_dir, keep, snapshot, best)
+
+
 def log_phase(setup: Setup, training: Training, phase: Phase, steps: int, per_epoch: int, cached: bool, log) -> None:
     tc, counts = setup.cfg.train, count_params(training.model)
     log(f"phase {phase.name}: {steps} steps ({per_epoch}/epoch), batch "
@@ -395,6 +439,9 @@ def log_phase(setup: Setup, training: Training, phase: Phase, steps: int, per_ep
         f"{f', layer decay {phase.layer_decay}' if phase.layer_decay else ''}, precision {setup.precision}, "
         f"{setup.threads} threads; {counts['trainable']:,} trainable / {counts['frozen']:,} frozen params"
         f"{'; cached backbone features' if cached else ''}")
+    line = dist.global_batch_line(setup.world, tc.batch_size, tc.grad_accum)
+    if line:
+        log(f"{line} ({setup.strategy}, {setup.accelerator.state.backend})")
 
 
 def fit_phase(c: Components, state: LoopState, phase: Phase, metric: str, log) -> None:
@@ -407,19 +454,28 @@ def fit_phase(c: Components, state: LoopState, phase: Phase, metric: str, log) -
 
 
 def finish(setup: Setup, training: Training, state: LoopState, log) -> tuple[dict, Optional[dict]]:
-    cfg, bundle, task, accelerator = setup.cfg, setup.bundle, setup.task, setup.accelerator
+    cfg, bundle, task, accelerator, world = setup.cfg, setup.bundle, setup.task, setup.accelerator, setup.world
     run_dir = training.folder.path
-    bundle.replace_model(accelerator.unwrap_model(training.model))
-    load_weights_into(bundle.model, best_path(run_dir))  # in place: no second copy at the peak
-    merge_lora(bundle, run_dir / "adapter" if cfg.train.lora is not None else None)
+    accelerator.wait_for_everyone()  # best.safetensors (rank 0's) is on disk
+    if training.twin is not None:  # FSDP: the kept model is evaluated and saved unsharded
+        from safetensors.torch import load_file
+
+        bundle.replace_model(training.twin.materialize(load_file(str(best_path(run_dir))), accelerator.device))
+    else:
+        bundle.replace_model(accelerator.unwrap_model(training.model))
+        load_weights_into(bundle.model, best_path(run_dir))  # in place: no second copy at the peak
+    merge_lora(bundle, run_dir / "adapter" if cfg.train.lora is not None and world.main else None)
     with evaluating(state):
         final = evaluate(bundle, task, setup.val_loader, accelerator)
         task.finalize()  # what was tuned on validation (thresholds) is fixed from here on, test included
         test = None
         if setup.test_built is not None:  # an optional test split under data.dir: evaluated once, kept model
-            loader = make_loader(setup.test_built, cfg.eval_batch_size, False, cfg.train.seed, cfg.data.num_workers)
+            loader = make_loader(setup.test_built, cfg.eval_batch_size, False, cfg.train.seed, cfg.data.num_workers,
+                                 world=world)
             test = evaluate(bundle, task, loader, accelerator)
             log("test: " + " ".join(f"{k} {v:.4f}" for k, v in scalars(test).items() if k != "samples"))
+    if not world.main:
+        return final, test
     task.after_training(bundle, run_dir, log)
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".model.", suffix=".tmp"))  # model/ appears whole or not at all
     save_model(bundle, tmp, {"task_state": task.state(), "precision": setup.precision,
@@ -452,6 +508,7 @@ def build_summary(setup: Setup, training: Training, state: LoopState, final: dic
         "eval_seconds": round(state.eval_seconds, 3),
         **throughput(state, setup.bundle),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_device_memory_mb": peak_device_memory_mb(setup.accelerator.device),
         "rss_at_train_start_mb": round(training.rss_at_start, 1),
         "precision": setup.precision,
         "threads": setup.threads,
@@ -463,6 +520,8 @@ def build_summary(setup: Setup, training: Training, state: LoopState, final: dic
                  "imbalance_ratio": setup.report.get("imbalance_ratio"),
                  "imbalance_remedy": setup.report["imbalance_remedy"]},
         "model": {"name": cfg.model.name, "source": setup.bundle.source},
+        "distributed": dist.summary(setup.strategy, setup.world, setup.accelerator, cfg.train.batch_size,
+                                    cfg.train.grad_accum),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 

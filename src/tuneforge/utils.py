@@ -43,6 +43,16 @@ class RunLog:
         self.path = path
 
 
+class SilentLog(RunLog):
+    """The log of a process that is not rank 0: rank 0 prints and keeps train.log for every process."""
+
+    def __call__(self, msg: str) -> None:
+        pass
+
+    def attach(self, path: Path, append: bool = False) -> None:
+        pass
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -120,6 +130,13 @@ def cache_dir(kind: str) -> Path:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_device_memory_mb(device) -> Optional[float]:
+    """Peak memory torch allocated on a CUDA device (None on the CPU: peak_rss_mb covers it)."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
 
 
 def rss_mb() -> float:

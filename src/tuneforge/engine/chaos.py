@@ -5,7 +5,8 @@ it runs `<action>`. Points: step (after an optimizer step), epoch_end, eval_batc
 checkpoint_write (checkpoint files written, not yet made visible), fit_end (training done, model not saved).
 Actions: pause (default: write the file named by TUNEFORGE_CHAOS_MARKER, then sleep until killed),
 kill (SIGKILL itself), oom (raise torch.OutOfMemoryError), interrupt (raise KeyboardInterrupt: an in-process
-stand-in for a crash)."""
+stand-in for a crash). On several processes, TUNEFORGE_CHAOS_RANK=<r> arms the point in rank r only (every rank
+arms it when unset)."""
 from __future__ import annotations
 
 import os
@@ -15,13 +16,13 @@ from pathlib import Path
 
 from tuneforge.engine.callbacks import Callback
 
-ENV, MARKER_ENV = "TUNEFORGE_CHAOS", "TUNEFORGE_CHAOS_MARKER"
+ENV, MARKER_ENV, RANK_ENV = "TUNEFORGE_CHAOS", "TUNEFORGE_CHAOS_MARKER", "TUNEFORGE_CHAOS_RANK"
 _counts: dict[str, int] = {}
 
 
 def point(name: str) -> None:
     spec = os.environ.get(ENV)
-    if not spec:
+    if not spec or os.environ.get(RANK_ENV, os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
         return
     want, _, rest = spec.partition(":")
     if want != name:

@@ -151,7 +151,9 @@ def clean_partial(folder: Path) -> int:
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """→ (model tensors, trainer tensors, meta); every file is checked against its recorded SHA-256."""
+    """→ (model tensors, trainer tensors, meta); every file is checked against its recorded SHA-256. A sharded
+    checkpoint (FSDP: meta "sharded" names its torch.distributed.checkpoint folder) has no model tensors here: its
+    files are checked, and meta "dir" tells the snapshot where to load them from."""
     older = [p for p in list_checkpoints(path.parent) if p.name < path.name]
     hint = (f"delete it to resume from {older[-1].name}" if older else "delete it to start over") + \
         ", or pass --overwrite"
@@ -160,8 +162,13 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
         files = meta["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint '{path}' is unreadable ({META_FILE}: {str(e)[:80]}); {hint}") from None
-    loaded = []
-    for name in (MODEL_FILE, TRAINER_FILE):
+    sharded = meta.get("sharded")
+    for name in sorted(files) if sharded else ():
+        if name != TRAINER_FILE and _file_sha256(path / name, path, hint) != files[name]:
+            raise CheckpointError(f"checkpoint '{path}': {name} is truncated or modified (SHA-256 does not match "
+                                  f"{META_FILE}); {hint}")
+    loaded = [{}] if sharded else []
+    for name in (TRAINER_FILE,) if sharded else (MODEL_FILE, TRAINER_FILE):
         try:
             data = (path / name).read_bytes()
         except OSError as e:
@@ -173,7 +180,18 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
             loaded.append(load_bytes(data))
         except (SafetensorError, ValueError) as e:
             raise CheckpointError(f"checkpoint '{path}': {name} is corrupt ({str(e)[:80]}); {hint}") from None
-    return loaded[0], loaded[1], meta
+    return loaded[0], loaded[1], {**meta, "dir": str(path)} if sharded else meta
+
+
+def _file_sha256(file: Path, path: Path, hint: str) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint '{path}': cannot read {file.name} ({e.strerror}); {hint}") from None
+    return digest.hexdigest()
 
 
 class Checkpointer(Callback):

@@ -18,6 +18,7 @@ from tuneforge.data.sampling import EpochBatchSampler
 from tuneforge.engine import chaos
 from tuneforge.engine.callbacks import CallbackList
 from tuneforge.engine.device import to_device
+from tuneforge.engine.distributed import SINGLE, World, gather_rows, reduce_step
 from tuneforge.engine.guards import NanGuard, Rollback
 from tuneforge.engine.state import LoopState
 from tuneforge.metrics import scalars
@@ -50,14 +51,17 @@ class Components:
 
 
 def make_loader(built: Built, batch_size: int, train: bool, seed: int, num_workers: int = 0,
-                group_by_length: bool = True) -> DataLoader:
+                group_by_length: bool = True, world: World = SINGLE) -> DataLoader:
+    """`batch_size` per process; on several processes each rank loads its slice of every global batch."""
     lengths = built.lengths if group_by_length else None  # None: plain shuffled batches
     sampler = EpochBatchSampler(len(built.dataset), batch_size, seed, lengths=lengths, shuffle=train,
-                                weights=built.sample_weights if train else None)
+                                weights=built.sample_weights if train else None, rank=world.rank, world=world.size)
     # its own generator, always: a loader without one draws its base seed from the global RNG, so evaluating or
-    # computing cached features would shift every later dropout mask
+    # computing cached features would shift every later dropout mask. Pinned host memory on CUDA: the batch's
+    # copy to the GPU (non_blocking, in to_device) overlaps with compute
     return DataLoader(built.dataset, batch_sampler=sampler, collate_fn=built.collate, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
+                      pin_memory=torch.cuda.is_available())
 
 
 MATH_ATTENTION_BELOW = 192  # tokens
@@ -82,26 +86,29 @@ def forward(task: Task, bundle, batch: dict, accelerator, train: bool = False) -
         return task.forward(bundle, batch), batch
 
 
-def forward_backward(task: Task, bundle, batch: dict, accelerator, grad_accum: int = 1) -> tuple[torch.Tensor, dict]:
-    """A training micro-batch: forward, the task's training loss, backward (gradients accumulate) → (loss, batch)."""
+def forward_backward(task: Task, bundle, batch: dict, accelerator, grad_accum: int = 1,
+                     share: Optional[float] = None) -> tuple[torch.Tensor, dict]:
+    """A training micro-batch: forward, the task's training loss, backward (gradients accumulate) → (loss, batch).
+    `share`: this rank's share of the global batch, when several processes train (data/sampling.py)."""
     outputs, batch = forward(task, bundle, batch, accelerator, train=True)
     loss = task.train_loss(outputs, batch)
-    accelerator.backward(loss / grad_accum)
+    accelerator.backward((loss if share is None else loss * share) / grad_accum)
     return loss, batch
 
 
 @torch.no_grad()
 def evaluate(bundle, task: Task, loader: DataLoader, accelerator) -> dict:
     """Streams the metrics: per batch only argmax / small summaries go to the CPU accumulator.
-    Leaves the model in eval mode; the training loop switches back."""
+    Leaves the model in eval mode; the training loop switches back. On several processes every rank evaluates
+    its slice and the metrics (the loss too) are computed from all ranks' rows, on every rank."""
     bundle.model.eval()
     metrics = task.new_metrics(bundle)
-    for batch in loader:
+    for i, batch in enumerate(loader):
         chaos.point("eval_batch")
         outputs, batch = forward(task, bundle, batch, accelerator)
-        loss = task.loss(outputs, batch)
         if accelerator.num_processes > 1:
-            outputs, batch = accelerator.gather_for_metrics((outputs, batch))
+            outputs, batch = gather_rows(accelerator, (outputs, batch), loader.batch_sampler.rows(i))
+        loss = task.loss(outputs, batch)
         metrics.update(outputs, batch, float(loss))
     return metrics.compute()
 
@@ -120,13 +127,16 @@ def run_eval(c: Components, state: LoopState) -> dict:
     with c.eval_weights(), evaluating(state):  # e.g. the EMA weights
         metrics = evaluate(c.bundle, c.task, c.val_loader, c.accelerator)
     state.eval_seconds += time.perf_counter() - t
+    # the clock includes this evaluation (wall_seconds - eval_seconds is the training time; without this the final
+    # evaluation was counted in eval_seconds only, and a short run's samples/s came out inflated or infinite)
+    wall_at_step, state.wall_seconds = state.wall_seconds, time.perf_counter() - c.t0
     value = metrics[c.metric]
     sign = 1 if c.mode == "max" else -1
     state.is_best = state.best_metric is None or sign * (value - state.best_metric) > 0
     if state.is_best:
         state.best_metric, state.best_step = value, state.step
     record = {"step": state.step, "epoch": state.epoch_progress(c.train_loader.batch_sampler.total),
-              "wall_seconds": round(state.wall_seconds, 3), "samples_seen": state.samples_seen,
+              "wall_seconds": round(wall_at_step, 3), "samples_seen": state.samples_seen,
               "train_loss": state.last_loss, "lr": None if math.isnan(state.last_lr) else state.last_lr,
               "rss_mb": round(rss_mb(), 1), "metrics": metrics}
     # the history (kept in every checkpoint) holds the scalars only: per-class tables and confusion matrices
@@ -153,28 +163,41 @@ def _optimizer_step(c: Components, state: LoopState, loss: torch.Tensor) -> bool
     return True
 
 
+def _micro_step(c: Components, state: LoopState, batch: dict, sync: bool) -> torch.Tensor:
+    """Forward and backward of one micro-batch (gradients all-reduced when `sync`); → the loss to log and
+    guard. On several processes each rank's loss is weighed by its share of the global batch (data/sampling.py),
+    and the logged loss, samples and tokens are those of the global batch."""
+    model, acc, sampler = c.bundle.model, c.accelerator, c.train_loader.batch_sampler
+    i = state.batch_in_epoch
+    share = sampler.share(i) if acc.num_processes > 1 else None
+    with nullcontext() if sync else acc.no_sync(model):
+        loss, batch = forward_backward(c.task, c.bundle, batch, acc, c.grad_accum, share)
+    state.batch_in_epoch += 1
+    tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+    if share is not None:
+        loss, tokens = reduce_step(acc, loss, share, tokens)
+    state.samples_seen += len(batch["labels"]) if share is None else sampler.rows(i)
+    state.tokens_seen += tokens
+    return loss
+
+
 def train_one_epoch(c: Components, state: LoopState) -> None:
     model, acc = c.bundle.model, c.accelerator
     sampler: EpochBatchSampler = c.train_loader.batch_sampler
     sampler.set_epoch(state.epoch, skip=state.batch_in_epoch)
     # worker seeds: a function of (seed, epoch), so resume replays them
     c.train_loader.generator.manual_seed(sampler.seed * 1_000_003 + state.epoch)
-    c.train_mode(model)
+    c.train_mode(acc.unwrap_model(model))  # the plain model (DDP: its wrapper has no train mode of its own)
     for batch in c.train_loader:
         i = state.batch_in_epoch
         sync = (i + 1) % c.grad_accum == 0 or i + 1 == sampler.total
-        with nullcontext() if sync else acc.no_sync(model):
-            loss, batch = forward_backward(c.task, c.bundle, batch, acc, c.grad_accum)
-        state.batch_in_epoch += 1
-        state.samples_seen += len(batch["labels"])
-        if "attention_mask" in batch:
-            state.tokens_seen += int(batch["attention_mask"].sum())
+        loss = _micro_step(c, state, batch, sync)
         if not sync or not _optimizer_step(c, state, loss):
             continue
         c.callbacks.fire("on_step_end", state)
         if c.eval_every and state.step % c.eval_every == 0:
             run_eval(c, state)
-            c.train_mode(model)
+            c.train_mode(acc.unwrap_model(model))
         state.stop_at_step_limit()
         if state.should_stop:
             return

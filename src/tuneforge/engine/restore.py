@@ -25,14 +25,17 @@ def truncate_history(run_dir: Path, evaluations: int) -> None:
 
 
 class StateRestorer:
-    def __init__(self, folder: RunFolder, log=print):
-        self.run_dir, self.log = folder.path, log
+    """`writer` False (ranks other than 0 of a multi-process run): restores this process's state but leaves
+    metrics.jsonl to rank 0."""
+
+    def __init__(self, folder: RunFolder, log=print, writer: bool = True):
+        self.run_dir, self.log, self.writer = folder.path, log, writer
         self.source = folder.checkpoint
         self.loaded = read_checkpoint(folder.checkpoint) if folder.checkpoint is not None else None
         self.phase = self.loaded[2].get("phase", 0) if self.loaded else 0
         self.resumed_from = self.loaded[2]["step"] if self.loaded else None
         if self.loaded is None and not folder.created:  # resuming a run that crashed before its first checkpoint
-            truncate_history(self.run_dir, 0)
+            self._truncate_history(0)
             log("resume: no complete checkpoint yet; starting this run from the beginning")
 
     @property
@@ -55,7 +58,7 @@ class StateRestorer:
             raise CheckpointError(f"checkpoint '{self.source}' does not fit this run ({reason}); resume it with the "
                                   "recipe and data it was written with, or start over with --overwrite") from None
         self.loaded = None
-        truncate_history(self.run_dir, len(state.history))
+        self._truncate_history(len(state.history))
         state.stop_at_step_limit()  # the loop checks this right after the evaluation the checkpoint was written in
         self.log(f"resumed from {self.source.relative_to(self.run_dir)}: step {state.step}, epoch {state.epoch} "
                  f"batch {state.batch_in_epoch}, {len(state.history)} evaluations so far")
@@ -69,6 +72,10 @@ class StateRestorer:
             latest = latest_checkpoint(self.run_dir)
             model, tensors, meta = initial if latest == at_start else read_checkpoint(latest)
             snapshot.restore(state, model, tensors, meta)
-            truncate_history(self.run_dir, len(state.history))
+            self._truncate_history(len(state.history))
 
         return rollback
+
+    def _truncate_history(self, evaluations: int) -> None:
+        if self.writer:
+            truncate_history(self.run_dir, evaluations)

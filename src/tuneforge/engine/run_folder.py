@@ -5,7 +5,9 @@ deleting what the user owns.
   writes), never the cwd, $HOME, / or an ancestor of them or of the recipe and data.
 - A folder this run created is removed again after an error only until training starts (`RunFolder.keep`); from
   then on its checkpoints, metrics.jsonl and train.log are the user's record of what happened.
-- Default folders are `runs/<name>-<time>`, made with an exclusive mkdir (`-2`, `-3`, ... when taken)."""
+- Default folders are `runs/<name>-<time>`, made with an exclusive mkdir (`-2`, `-3`, ... when taken).
+- On several processes (`shared_run_folder`) rank 0 alone opens, locks, cleans and writes the folder; the other
+  ranks wait for its outcome (the folder, or its one-line error, which they raise too) and only read."""
 from __future__ import annotations
 
 import fcntl
@@ -13,14 +15,15 @@ import json
 import os
 import shutil
 import socket
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import yaml
 
 from tuneforge.engine.checkpoint import clean_partial, list_checkpoints
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.utils import atomic_write_text, flatten
 
 IGNORED_ON_RESUME = ("output",)  # config sections that may differ between a run and its resume
@@ -32,10 +35,11 @@ RUN_ENTRIES = {"config.yaml", "data_report.json", "metrics.jsonl", "train.log", 
 
 
 class RunFolder:
-    """An open run folder, locked by this process until `close()` (or the end of its `with` block)."""
+    """An open run folder, locked by this process until `close()` (or the end of its `with` block). `owner`
+    False: another process (rank 0) owns it; this one only reads it and never removes it."""
 
-    def __init__(self, path: Path, created: bool, lock_fd: int, log=print):
-        self.path, self.created, self._lock_fd, self.log = path, created, lock_fd, log
+    def __init__(self, path: Path, created: bool, lock_fd: int, log=print, owner: bool = True):
+        self.path, self.created, self._lock_fd, self.log, self.owner = path, created, lock_fd, log, owner
         self.kept = False
         self.finished = (path / "summary.json").is_file()
         found = list_checkpoints(path / "checkpoints")
@@ -46,7 +50,7 @@ class RunFolder:
         self.kept = True
 
     def close(self, failed: bool = False) -> None:
-        if failed and self.created and not self.kept:
+        if failed and self.created and not self.kept and self.owner:
             shutil.rmtree(self.path, ignore_errors=True)
         if self._lock_fd >= 0:
             os.ftruncate(self._lock_fd, 0)  # released cleanly: a pid left in the file means its holder died
@@ -191,8 +195,9 @@ def open_run_folder(cfg, output: Optional[str], overwrite: bool, resume: bool, p
 RUN_RECORD = "run.json"
 
 
-def environment(precision: str, threads: int) -> dict:
-    """What bit-identical resume needs besides the data: the resolved precision, the threads and the libraries."""
+def environment(precision: str, threads: int, world_size: int = 1) -> dict:
+    """What bit-identical resume needs besides the data: the resolved precision, the threads, the libraries and
+    the number of processes (a different number is always refused: it changes the global batch)."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
@@ -202,7 +207,7 @@ def environment(precision: str, threads: int) -> dict:
             versions[name] = version(name)
         except PackageNotFoundError:
             versions[name] = None
-    return {"precision": precision, "threads": threads, "versions": versions}
+    return {"precision": precision, "threads": threads, "versions": versions, "world_size": world_size}
 
 
 def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
@@ -216,17 +221,26 @@ def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def check_run_record(folder: RunFolder, data: dict, env: dict, accept_changes: bool, log=print) -> None:
+def check_run_record(folder: RunFolder, data: dict, env: dict, accept_changes: bool, log=print,
+                     write: bool = True) -> None:
     """A new run records its data fingerprint and environment; a resumed one must match them (the environment
-    may differ with `accept_changes`: training continues, but is no longer bit-identical)."""
+    may differ with `accept_changes`: training continues, but is no longer bit-identical; the number of processes
+    may not). write=False (ranks other than 0): only the checks."""
     path = folder.path / RUN_RECORD
     if folder.created or not path.is_file():
-        atomic_write_text(path, json.dumps({"data": data, "environment": env}, indent=1) + "\n")
+        if write:
+            atomic_write_text(path, json.dumps({"data": data, "environment": env}, indent=1) + "\n")
         return
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot resume '{folder.path}': {RUN_RECORD} is unreadable ({str(e)[:80]})") from None
+    was = saved.get("environment", {}).pop("world_size", 1)  # absent: a run from before multi-process training
+    now = env.get("world_size", 1)
+    if was != now:
+        raise ConfigError(f"cannot resume '{folder.path}': it was trained on {was} process(es), this launch has "
+                          f"{now}; resume it with the same number (e.g. torchrun --nproc-per-node {was})")
+    env = {k: v for k, v in env.items() if k != "world_size"}
     changed = _differences(saved.get("data", {}), data)
     if changed:
         raise ConfigError(f"cannot resume '{folder.path}': its data changed since the run started "
@@ -237,3 +251,32 @@ def check_run_record(folder: RunFolder, data: dict, env: dict, accept_changes: b
                           "--accept-changes to continue anyway")
     if changed:
         log(f"resume: continuing although {'; '.join(changed[:4])} changed (--accept-changes)")
+
+
+# ---------------------------------------------------------------- several processes
+
+
+@contextmanager
+def shared_run_folder(world, accelerator, open_folder: Callable[[], RunFolder]) -> Iterator[RunFolder]:
+    """`open_folder()` on rank 0 only (lock, checks, cleaning); its outcome is broadcast, so every other rank gets
+    a read-only view of the same folder, or raises the same one-line error. One process: `open_folder()` as is."""
+    if not world.distributed:
+        with open_folder() as folder:
+            yield folder
+        return
+    from tuneforge.engine.distributed import broadcast_json
+
+    folder, failure = None, None
+    if world.main:
+        try:
+            folder = open_folder()
+        except Exception as e:  # noqa: BLE001 (every rank must hear about it, then rank 0 raises it as it is)
+            failure = e
+    outcome = broadcast_json(accelerator, {"error": str(failure)} if failure else
+                             {"path": str(folder.path), "created": folder.created} if folder else None)
+    if failure is not None:
+        raise failure
+    if "error" in outcome:
+        raise TuneforgeError(outcome["error"])
+    with folder or RunFolder(Path(outcome["path"]), outcome["created"], lock_fd=-1, owner=False) as folder:
+        yield folder

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -39,6 +39,17 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     cuda = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
     if cuda and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+class ProcessRNG:
+    """The RNG streams a snapshot keeps: this process's (one-process runs). Several processes keep every rank's
+    (engine/distributed.RankRNG)."""
+
+    def capture(self) -> tuple[dict[str, torch.Tensor], dict]:
+        return capture_rng()
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        restore_rng(tensors, meta)
 
 
 # ---------------------------------------------------------------- optimizer
@@ -133,24 +144,30 @@ def load_train_state(state, saved: dict) -> None:
 
 class TrainingSnapshot:
     """Captures / restores one phase's full training state. `stateful` maps a name to an object with
-    state_dict() / load_state_dict() (early stopping, NaN guard, EMA); `phase` is the phase's index in the run."""
+    state_dict() / load_state_dict() (early stopping, NaN guard, EMA); `phase` is the phase's index in the run;
+    `rng` the RNG streams it keeps."""
 
     def __init__(self, model: torch.nn.Module, optimizer, scheduler, scaler, stateful: dict[str, Any], config: dict,
-                 phase: int = 0):
+                 phase: int = 0, rng: ProcessRNG = ProcessRNG()):
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
-        self.stateful, self.config, self.phase = stateful, config, phase
+        self.stateful, self.config, self.phase, self.rng = stateful, config, phase, rng
 
     def capture(self, state, copy: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
         """→ (model tensors, trainer tensors, JSON). copy=True: CPU copies, safe to keep while training goes on;
         copy=False: views of the live tensors, to be written before the next step."""
         model = cpu_tensors(self.model.state_dict(), copy)
         opt_t, opt_meta = flatten_optimizer(self.optimizer.state_dict(), copy)
-        rng_t, rng_meta = capture_rng()
+        tensors, meta = self.capture_trainer(state, opt_meta)
+        return model, {**opt_t, **tensors}, meta
+
+    def capture_trainer(self, state, optimizer_meta: Optional[dict]) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything but the model and the optimizer tensors: RNG, callbacks' tensors and the JSON."""
+        rng_t, rng_meta = self.rng.capture()
         meta = {
             "format": FORMAT,
             "phase": self.phase,
             "train_state": train_state_dict(state),
-            "optimizer": opt_meta,
+            "optimizer": optimizer_meta,
             "scheduler": {k: _jsonable(v) for k, v in self.scheduler.state_dict().items()},
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng_meta,
@@ -160,12 +177,16 @@ class TrainingSnapshot:
         cb_t: dict[str, torch.Tensor] = {}
         for name, obj in self.stateful.items():
             meta["callbacks"][name] = _split(obj.state_dict(), f"cb.{name}.", cb_t)
-        return model, {**opt_t, **rng_t, **cb_t}, meta
+        return {**rng_t, **cb_t}, meta
 
     def restore(self, state, model: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], meta: dict) -> None:
         device = next(self.model.parameters()).device
         self.model.load_state_dict({k: v.to(device) for k, v in model.items()})
         self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+        self.restore_trainer(state, tensors, meta)
+
+    def restore_trainer(self, state, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Scheduler, scaler, callbacks, loop state, then the RNG."""
         self.scheduler.load_state_dict(meta["scheduler"])
         if self.scaler is not None and meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
@@ -173,4 +194,4 @@ class TrainingSnapshot:
             if name in meta.get("callbacks", {}):
                 obj.load_state_dict(_join(meta["callbacks"][name], f"cb.{name}.", tensors))
         load_train_state(state, meta["train_state"])
-        restore_rng(tensors, meta["rng"])  # last: nothing above may consume random numbers afterwards
+        self.rng.restore(tensors, meta["rng"])  # last: nothing above may consume random numbers afterwards
