@@ -18,6 +18,8 @@ import yaml
 import tuneforge
 from tuneforge.cli import main
 from tuneforge.engine import chaos
+
+from chaos_helpers import history
 from tuneforge.errors import ConfigError, DataError, ModelError, TuneforgeError
 
 QUICK = {"train": {"max_steps": 4, "batch_size": 16}, "eval": {"every_steps": 2}}
@@ -46,9 +48,6 @@ def crash_at(monkeypatch):
     chaos.reset()
 
 
-def history(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(x).items() if k not in ("wall_seconds", "rss_mb")}
-            for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def same_weights(a: Path, b: Path) -> bool:

@@ -14,6 +14,8 @@ from safetensors import safe_open
 import tuneforge
 from tuneforge.cli import main
 from tuneforge.engine import chaos
+
+from chaos_helpers import history as records
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.tasks.classification import Classification
 
@@ -33,9 +35,6 @@ def crash_at(monkeypatch):
     chaos.reset()
 
 
-def records(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in ("wall_seconds", "rss_mb")}
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:

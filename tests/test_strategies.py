@@ -15,9 +15,12 @@ from tuneforge.engine.optim import param_groups
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.run import train
 
+from chaos_helpers import history
+
 
 def metrics_lines(run_dir):
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """metrics.jsonl without wall-clock and memory fields (they differ between identical runs)."""
+    return history(run_dir)
 
 
 @pytest.fixture(autouse=True)
