@@ -8,7 +8,8 @@ from safetensors import SafetensorError
 from torch import nn
 
 from tuneforge.errors import ConfigError, ModelError
-from tuneforge.models import gguf, hf, packaged, siamese, vision  # noqa: F401  (registers the sources and aliases)
+# importing these registers the sources and aliases
+from tuneforge.models import gguf, hf, packaged, siamese, vision, whisper_package  # noqa: F401
 from tuneforge.models.base import MODEL_ALIASES, MODEL_SOURCES, HeadSpec, ModelBundle, write_json
 
 META_FILE = "tuneforge.json"
