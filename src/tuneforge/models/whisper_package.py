@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tuneforge.errors import ModelError
 from tuneforge.models.base import MODEL_ALIASES
-from tuneforge.models.packaged import cache_root
+from tuneforge.utils import cache_dir
 from tuneforge.models.whisper import convert_ct2_whisper
 
 MANIFEST = "tuneforge_manifest.json"
@@ -192,7 +192,7 @@ def build_folder(pkg: CT2Package, dest: Path) -> Path:
 
 def packaged_folder(pkg: CT2Package) -> Path:
     """The converted folder in the cache, built on first use (see the module docstring)."""
-    dest = cache_root() / pkg.name
+    dest = cache_dir("models") / pkg.name
     if manifest_ok(dest):
         return dest
     return build_folder(pkg, dest)
