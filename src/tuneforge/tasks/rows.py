@@ -1,6 +1,8 @@
-"""RowTask: tasks whose examples are one row each (a text, a text pair, an image), whatever the label looks like.
+"""RowTask: tasks whose examples are one row each (a text, a text pair, an image, an audio clip), whatever the label
+looks like.
 
-It builds the inputs for every modality (tokenized texts, siamese pairs, transformed images); its subclasses
+It builds the inputs for every modality (tokenized texts, siamese pairs, transformed images, audio features through
+tasks/audio_inputs.py); its subclasses
 (classification, regression, multi-label) only say how labels are encoded, weighed and decoded."""
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from tuneforge.data.images import ImageCache, ImageDataset, MixCollate, build_tr
 from tuneforge.data.text import PadCollator, TokenizedDataset, tokenize_texts
 from tuneforge.errors import ConfigError
 from tuneforge.models.base import ModelBundle
+from tuneforge.tasks.audio_inputs import AudioInputs
 from tuneforge.tasks.base import Built, Task
 
 
@@ -63,6 +66,7 @@ class RowTask(Task):
     def __init__(self, cfg, log=print):
         super().__init__(cfg, log)
         self.cache: Optional[ImageCache] = None  # decoded images, shared by the splits
+        self.audio = AudioInputs(cfg, log)  # decoded clips and their features (audio models)
 
     def prepare_images(self, ex: Examples, bundle: ModelBundle) -> Examples:
         """Decode (and check) every image once; unreadable ones are an error or, with data.on_bad_sample: skip,
@@ -76,7 +80,13 @@ class RowTask(Task):
         return self.cache.prepare(ex, self.cfg.data.on_bad_sample, self.log)
 
     def train_inputs_vary(self, bundle: ModelBundle) -> bool:
+        if bundle.modality == "audio":
+            return self.audio.vary()  # waveform augmentation or SpecAugment masks
         return bundle.modality == "image" and self.cfg.data.augment.enabled  # random crops every epoch
+
+    def add_to_report(self, report: dict, log) -> None:
+        if self.audio.selections:  # per-class durations: for single-label classes only
+            self.audio.add_to_report(report, self.label_dtype == torch.long, log)
 
     def sample_weights(self, labels: list) -> Optional[list[float]]:
         """Per-example draw weights for the train sampler (class-balanced resampling); None: uniform."""
@@ -84,10 +94,20 @@ class RowTask(Task):
 
     def build(self, ex: Examples, bundle: ModelBundle, split: str) -> Built:
         train = split == "train"
-        ex = self.prepare_images(ex, bundle)
-        labels = self.encode_labels(ex)
-        built = build_inputs(ex, bundle, self.cfg, train, self.cache, labels, self.label_dtype)
+        if bundle.modality == "audio":
+            ex = self.audio.select(ex, bundle, split)
+            labels = self.encode_labels(ex)
+            built = self.audio.build(ex, bundle, split, labels, self.label_dtype)
+        else:
+            ex = self.prepare_images(ex, bundle)
+            labels = self.encode_labels(ex)
+            built = build_inputs(ex, bundle, self.cfg, train, self.cache, labels, self.label_dtype)
         built.skipped = len(ex.skipped)
         if train and labels is not None:
             built.sample_weights = self.sample_weights(labels)
         return built
+
+    def predict(self, bundle: ModelBundle, loader, ex: Examples, forward, top_k: Optional[int] = None,
+                **options) -> list[dict]:
+        outputs = super().predict(bundle, loader, ex, forward, top_k, **options)
+        return self.audio.align(outputs) if bundle.modality == "audio" else outputs  # unreadable clips: errors
