@@ -131,7 +131,7 @@ def test_frozen_encoder_cached_features_match_uncached(assets, tmp_path):
     assert cached.summary["params"]["trainable"] == 64 * 3 + 3  # one linear layer on the pooled encoder
 
 
-def test_ast_regression_and_spectrogram_cnn(assets, tmp_path, capsys):
+def test_ast_regression_multilabel_and_spectrogram_cnn(assets, tmp_path, capsys):
     rows = ["path,value"] + [f"{split}/{label}/{label}_{i}.wav,{sh.TONES[label] / 1000}"
                              for split, n in (("train", 8), ("val", 3)) for label in sh.TONES for i in range(n)]
     (assets["tones"] / "values.csv").write_text("\n".join(rows[:25]) + "\n")
@@ -142,6 +142,14 @@ def test_ast_regression_and_spectrogram_cnn(assets, tmp_path, capsys):
     assert ast.summary["model"]["source"] == "hf-speech" and np.isfinite(ast.metrics["mse"])
     out = predict_lines(capsys, "predict", ast.run_dir, "--audio", assets["tones"] / "val" / "low" / "low_0.wav")
     assert isinstance(out[0]["value"], float)
+
+    tags = ["path,tags"] + [f"train/{label}/{label}_{i}.wav,{label}|{'tone' if label != 'low' else 'bass'}"
+                            for label in sh.TONES for i in range(8)]
+    (assets["tones"] / "tags.csv").write_text("\n".join(tags) + "\n")
+    multi = train(recipe(assets, task="multilabel", model={"name": str(assets["ast"])},
+                         data={"train": "tags.csv", "label_column": "tags", "val_split": 0.25}),
+                  output=str(tmp_path / "multi"), quiet=True)
+    assert set(multi.summary["data"]) >= {"train", "val"} and 0 <= multi.metrics["micro_f1"] <= 1
 
     cnn = train(recipe(assets, model={"name": "test_efficientnet", "source": "timm", "pretrained": False,
                                       "input": "spectrogram"}, data={"image_size": 32}),
@@ -205,6 +213,7 @@ def test_asr_trains_reports_wer_and_transcribes(assets, tmp_path, capsys):
     assert out[0]["text"] and "error" in out[1]
     reference = (assets["sentences"] / "val.csv").read_text().splitlines()[1].split(",")[1]
     assert out[0]["text"] == reference or last["wer"] > 0
+    assert isinstance(pred.predict([str(clip)], num_beams=2)[0]["text"], str)  # beam search
 
     from transformers import WhisperForConditionalGeneration, WhisperProcessor  # plain transformers
 

@@ -121,7 +121,6 @@ class HFSpeechBundle(HFBundle, AudioBundle):
                    max_new_tokens: int) -> list[str]:
         ids = self.model.generate(input_features=input_features, language=language, task=task,
                                   num_beams=num_beams, max_new_tokens=max_new_tokens, return_timestamps=False)
-        ids = ids.sequences if hasattr(ids, "sequences") else ids
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def save(self, out_dir: Path) -> None:

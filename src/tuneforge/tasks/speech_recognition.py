@@ -16,7 +16,6 @@ import torch
 from tuneforge.data.audio_dataset import IGNORE_INDEX
 from tuneforge.data.examples import Examples
 from tuneforge.data.report import _percentiles
-from tuneforge.engine.device import to_device
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.metrics import TranscriptMetrics
 from tuneforge.models.base import HeadSpec, ModelBundle
@@ -124,7 +123,7 @@ class SpeechRecognition(Task):
         device = next(bundle.model.parameters()).device
         order = [i for batch in loader.batch_sampler.batches() for i in batch]
         texts = [text for batch in loader
-                 for text in self.transcribe(bundle, to_device(batch, device)["input_features"], **options)]
+                 for text in self.transcribe(bundle, batch["input_features"].to(device), **options)]
         outputs: list[dict] = [{}] * len(texts)
         for i, text in zip(order, texts):
             outputs[i] = {"text": text}
