@@ -202,8 +202,10 @@ def print_table(r: dict) -> None:
     n = r["clips"]
     print(f"(b) transcripts, own front ends: {r['b_transcripts_exact_matches']}/{n} exact | (c) same features, "
           f"CT2 vs HF token ids: {r['c_same_features_token_id_matches']}/{n} | (d) faster-whisper's features: "
-          f"{r['d_fw_features_text_matches']}/{n} exact, {r['d_fw_skipped_as_no_speech']} skipped by its no-speech rule")
-    print(f"{'clip':<17}{'(b) HF':<14}{'(b) faster-whisper':<20}{'(c) ids':<9}{'(d) HF on fw feats':<20}{'enc max|Δ|':>10}")
+          f"{r['d_fw_features_text_matches']}/{n} exact, {r['d_fw_skipped_as_no_speech']} skipped by its "
+          f"no-speech rule")
+    print(f"{'clip':<17}{'(b) HF':<14}{'(b) faster-whisper':<20}{'(c) ids':<9}{'(d) HF on fw feats':<20}"
+          f"{'enc max|Δ|':>10}")
     for row in r["rows"]:
         print(f"{row['clip']:<17}{row['hf'][:12]:<14}{row['faster_whisper'][:18]:<20}"
               f"{'same' if row['ids_match'] else 'DIFF':<9}{row['hf_on_fw_features'][:18]:<20}"

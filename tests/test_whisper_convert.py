@@ -150,7 +150,7 @@ def _assert_same_weights(out: Path, model, transform=lambda t: t) -> None:
 
 # ---------- the reader ----------
 def test_reader_keeps_every_dtype_scalars_and_aliases(tmp_path):
-    import ml_dtypes
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes (bfloat16 for numpy) is not installed")
 
     arrays = {"a/f32": np.arange(6, dtype=np.float32).reshape(2, 3), "a/f16": np.array([1.5, -2], np.float16),
               "a/i8": np.array([[-128, 127]], np.int8), "a/i16": np.array([300], np.int16),
@@ -165,7 +165,7 @@ def test_reader_keeps_every_dtype_scalars_and_aliases(tmp_path):
 
 
 def test_reader_widens_bfloat16_bits_without_ml_dtypes(monkeypatch):
-    import ml_dtypes
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes is needed to write the bfloat16 test data")
 
     data = _model_bin({"x": np.array([0.5, -3.0, 1e30], ml_dtypes.bfloat16)})
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # import fails → raw bits

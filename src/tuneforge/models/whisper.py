@@ -225,7 +225,8 @@ def whisper_config(ct2: CT2Model, sd: dict[str, np.ndarray], tied: bool, token_i
         max_target_positions=sd["model.decoder.embed_positions.weight"].shape[0],
         pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot,
         # generation settings live in generation_config.json only (transformers 5 warns when both carry them)
-        suppress_tokens=None, begin_suppress_tokens=None, tie_word_embeddings=tied, architectures=["WhisperForConditionalGeneration"])
+        suppress_tokens=None, begin_suppress_tokens=None, tie_word_embeddings=tied,
+        architectures=["WhisperForConditionalGeneration"])
 
 
 def whisper_generation_config(config, ct2_config: dict, token_ids: dict[str, int]):
