@@ -6,11 +6,14 @@ test accuracy and wall-clock, in one process.
   c  tuneforge: ImageNet EfficientNet-Lite0 on log-mel spectrogram images (model.input: spectrogram)
   d  a plain PyTorch loop: the same backbone, window, optimizer, LR schedule, precision and epochs as (a), with
      transformers' WhisperFeatureExtractor / WhisperForAudioClassification and no tuneforge code
+  e  (not in the default run) the 1-s trimmed window against the full 30-s one: linear-probe accuracy on a
+     300-clip train subsample, and fine-tuning seconds per epoch from 3 steps
 
 The headline accuracy is the final model's (no model selection on the test split); tuneforge's kept (best-epoch)
 model is reported next to it. Wall-clock is the whole run: decoding, features, model load, training, evaluation.
 
   python benchmarks/bench_fsdd.py --data ../shared/data/fsdd                 # all four, ~1-2 h on 2 shared cores
+  python benchmarks/bench_fsdd.py --data ../shared/data/fsdd --only e         # (e) trimmed vs full window, ~40 min
   python benchmarks/bench_fsdd.py --data ../shared/data/fsdd --only b,c --quick   # smoke run: a few steps each
 """
 from __future__ import annotations
@@ -52,8 +55,26 @@ def tuneforge_run(name: str, data: Path, out: Path, overrides: dict, quick: bool
     final, best = final_and_best(result.run_dir)
     s = result.summary
     return {"accuracy_final": final, "accuracy_kept_model": best, "wall_seconds": round(wall, 1),
-            "train_seconds": s["train_seconds"], "eval_seconds": s["eval_seconds"], "epochs": s["epochs"],
+            "train_seconds": s["train_seconds"], "samples_per_second": s["samples_per_second"], "eval_seconds": s["eval_seconds"], "epochs": s["epochs"],
             "steps": s["steps"], "params": s["params"], "overrides": overrides, "precision": s["precision"]}
+
+
+def window_comparison(data: Path, out: Path, threads: int, train_samples: int, steps: int, quick: bool) -> dict:
+    """(e) the trimmed 1-s window against Whisper's full 30-s one: a linear probe on cached features (a seeded
+    subsample of train, the whole test split) for accuracy, and a few fine-tuning steps for speed."""
+    result = {}
+    for name, ctx in (("trimmed_50", 50), ("full_1500", None)):
+        probe = tuneforge_run(f"e_probe_{name}", data, out, {
+            "train.threads": threads, "model.audio_ctx": ctx, "train.freeze": "backbone", "train.lr": 3e-3,
+            "train.head_lr": None, "train.epochs": 30, "train.warmup_ratio": 0.0,
+            "data.max_train_samples": train_samples}, quick)
+        tune = tuneforge_run(f"e_tune_{name}", data, out, {
+            "train.threads": threads, "model.audio_ctx": ctx, "train.max_steps": steps, "eval.every_steps": 10_000,
+            "data.max_val_samples": 16}, quick)
+        result[name] = {"probe_accuracy": probe["accuracy_final"], "probe_wall_seconds": probe["wall_seconds"],
+                        "finetune_samples_per_second": tune["samples_per_second"],
+                        "finetune_seconds_per_epoch_extrapolated": round(2700 / tune["samples_per_second"], 1)}
+    return {"train_samples": train_samples, "finetune_steps": steps, **result}
 
 
 # ---------------------------------------------------------------- (d) a plain PyTorch loop
@@ -139,7 +160,7 @@ def plain_loop(data: Path, folder: str, audio_ctx: int, epochs: float, bs: int, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, type=Path, help="the FSDD folder holding recordings/")
-    ap.add_argument("--only", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    ap.add_argument("--only", default="a,b,c,d", help="comma-separated subset of a,b,c,d,e")
     ap.add_argument("--epochs", type=float, default=3, help="(a) and (d)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fsdd.json")
@@ -163,6 +184,8 @@ def main() -> None:
                                 "train.epochs": 8, "train.batch_size": 32}, a.quick)),
         "d": ("plain PyTorch loop, same backbone/window/optimizer/schedule/epochs as (a)", lambda: plain_loop(
             a.data, folder, 50, a.epochs, 16, 1e-4, 1e-3, 0.1, 0, a.quick)),
+        "e": ("trimmed 1-s vs full 30-s encoder window: linear-probe accuracy, fine-tuning speed",
+              lambda: window_comparison(a.data, work, a.threads, 300, 3, a.quick)),
     }
     results = json.loads(a.out.read_text()) if a.out.is_file() and not a.quick else {}
     results["machine"] = machine(a.threads)
@@ -178,7 +201,8 @@ def main() -> None:
             a.out.write_text(json.dumps(results, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     for key, r in sorted(results["runs"].items()):
-        print(f"{key}  {r['accuracy_final']:.4f}  {r['wall_seconds']:8.1f} s  {r['what']}")
+        if "accuracy_final" in r:
+            print(f"{key}  {r['accuracy_final']:.4f}  {r['wall_seconds']:8.1f} s  {r['what']}")
 
 
 if __name__ == "__main__":
