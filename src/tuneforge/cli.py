@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a trained run on labelled data")
     e.add_argument("run_dir")
     _add_loading_options(e)
-    e.add_argument("--data", required=True, help="a labelled file or image folder, like the validation data")
+    e.add_argument("--data", required=True, help="a labelled file or image / audio folder, like the validation data")
     e.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
     e.add_argument("--onnx", nargs="?", const="fp32", choices=["fp32", "int8"],
                    help="evaluate the `tuneforge export` ONNX model (fp32, or int8) in onnxruntime")
@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     g = pr.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", action="append", help="a text to classify (repeatable)")
     g.add_argument("--image", action="append", help="an image file (repeatable)")
-    g.add_argument("--input", help="a file of inputs (table, .txt one per line, or a folder of images)")
+    g.add_argument("--audio", action="append", help="an audio file (repeatable)")
+    g.add_argument("--input", help="a file of inputs (table, .txt one per line, or a folder of images / audio)")
     pr.add_argument("--text-pair", help="second text, for sentence-pair models")
     pr.add_argument("--top-k", type=int, default=None)
     pr.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
@@ -259,10 +260,12 @@ def _cmd_predict(a) -> None:
         if pred.modality != "text":
             raise TuneforgeError(f"--text given, but {a.run_dir} is an {pred.modality} model; use --image or --input")
         inputs = [(t, a.text_pair) if a.text_pair else t for t in a.text]
-    elif a.image:
-        if pred.modality != "image":
-            raise TuneforgeError(f"--image given, but {a.run_dir} is a {pred.modality} model; use --text or --input")
-        inputs = a.image
+    elif a.image or a.audio:
+        kind = "image" if a.image else "audio"
+        if pred.modality != kind:
+            raise TuneforgeError(f"--{kind} given, but {a.run_dir} is a{'n' if pred.modality[0] in 'aei' else ''} "
+                                 f"{pred.modality} model; use --{pred.modality} or --input")
+        inputs = a.image or a.audio  # an audio file that cannot be read gets an {"error": ...} line
     else:
         inputs = pred.read_inputs(a.input)
     if not inputs:

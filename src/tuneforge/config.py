@@ -42,6 +42,11 @@ class TaskConfig(_Section):
     # --- sft (generative instruction tuning) ---
     # completion: loss on the assistant turns only (each with its end-of-turn token); all: every token
     train_on: Literal["completion", "all"] = "completion"
+    # --- asr (speech recognition with Whisper; tasks/speech_recognition.py)
+    language: str = "en"  # Whisper language code of the transcripts (its <|en|> token starts every label)
+    asr_task: Literal["transcribe", "translate"] = "transcribe"
+    num_beams: int = Field(1, ge=1)  # decoding at evaluation and predict: 1 = greedy, more = beam search
+    max_new_tokens: int = Field(128, gt=0)  # longest transcript decoded, in tokens
 
     @field_validator("threshold")
     @classmethod
@@ -53,7 +58,7 @@ class TaskConfig(_Section):
 
 class ModelConfig(_Section):
     name: PathStr  # alias (minilm-l6, efficientnet-lite0), HF folder / hub id, timm or torchvision name
-    source: Literal["auto", "hf", "timm", "torchvision"] = "auto"
+    source: Literal["auto", "hf", "timm", "torchvision", "hf-speech"] = "auto"
     weights: Optional[PathStr] = None  # local weights file for timm / torchvision
     pretrained: bool = True  # False: random init (tests, from-scratch baselines)
     trust_remote_code: bool = False
@@ -62,6 +67,12 @@ class ModelConfig(_Section):
     pair_encoding: Literal["cross", "siamese"] = "cross"
     # None keeps the checkpoint's dropout; a number sets every dropout layer (and timm's head drop_rate) to it
     dropout: Optional[float] = Field(None, ge=0.0, lt=1.0)
+    # ---- audio (models/speech.py)
+    # spectrogram: an image model (timm, torchvision, efficientnet-lite0) on log-mel spectrograms drawn as images
+    input: Literal["auto", "spectrogram"] = "auto"
+    # Whisper's encoder window in encoder frames (50 a second, whole seconds); None = the full 1500 (30 s). Short
+    # clips then cost a fraction of the 30-s window; data.max_seconds must fit in it. Saved in the model's config.json
+    audio_ctx: Optional[int] = Field(None, gt=0)
 
 
 class SpecAugmentConfig(_Section):
@@ -83,6 +94,19 @@ class LabelFromConfig(_Section):
             raise ValueError(f"not a valid regular expression ({e})") from None
         if groups < 1:
             raise ValueError("needs a group around the label, e.g. '^(\\d)_'")
+        return v
+
+
+class NamePatternConfig(_Section):
+    regex: str  # searched in each file name (re.search)
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression ({e})") from None
         return v
 
 
@@ -159,6 +183,9 @@ class DataConfig(_Section):
     # ---- audio (data/audio.py): soundfile decoding, mono, resampled; augmentation keys are under data.augment
     audio_column: str = "path"  # the file column of an audio table (paths relative to the table's folder)
     label_from: Optional[LabelFromConfig] = None  # labels from file names instead of class folders / a column
+    # validation = the train files whose name matches (when no val split is given), e.g. FSDD's test part
+    # {regex: "_[0-4]\\.wav$"}; instead of the random data.val_split
+    val_from: Optional[NamePatternConfig] = None
     sample_rate: Optional[int] = Field(None, gt=0)  # None: the model's (16 kHz for Whisper)
     max_seconds: float = Field(30.0, gt=0.0)  # longer clips are truncated (counted in data_report.json)
     min_seconds: float = Field(0.0, ge=0.0)  # shorter clips are bad samples (error, or skip)

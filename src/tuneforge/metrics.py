@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -227,3 +228,51 @@ class TagMetrics:
                 "recall": float(recall_score(gold, pred, **kw)), "f1": float(f1_score(gold, pred, **kw)),
                 "accuracy": float(accuracy_score(gold, pred)), "per_type": per_type,
                 "sentences": len(gold), "samples": self.n_windows}
+
+
+# ---------------------------------------------------------------- speech recognition
+
+
+def normalize_transcript(text: str) -> str:
+    """What WER / CER compare: lower-case, apostrophes dropped ("it's" → "its"), every other punctuation mark or
+    symbol (Unicode categories P and S) turned into a space, runs of whitespace collapsed."""
+    import unicodedata
+
+    chars = []
+    for ch in unicodedata.normalize("NFKC", text).lower():
+        if ch in "'’":
+            continue
+        chars.append(" " if unicodedata.category(ch)[0] in "PS" else ch)
+    return " ".join("".join(chars).split())
+
+
+class TranscriptMetrics:
+    """WER and CER (jiwer, over all utterances: errors / reference words or characters) of the decoded transcripts
+    against the references, both through `normalize_transcript`; plus the teacher-forced loss and three examples."""
+
+    SHOWN = 3
+
+    def __init__(self, transcribe: Callable[[dict], list[str]], references: Callable[[dict], list[str]]):
+        self.transcribe, self.references = transcribe, references
+        self.hyps: list[str] = []
+        self.refs: list[str] = []
+        self.loss_sum, self.n = 0.0, 0
+
+    def update(self, outputs, batch: dict, loss: float) -> None:
+        refs = self.references(batch)
+        self.hyps += self.transcribe(batch)
+        self.refs += refs
+        self.loss_sum += loss * len(refs)
+        self.n += len(refs)
+
+    def compute(self) -> dict:
+        import jiwer
+
+        out = {"loss": self.loss_sum / max(self.n, 1), "samples": self.n}
+        if not self.refs:
+            return {**out, "wer": 0.0, "cer": 0.0, "examples": []}
+        refs = [normalize_transcript(t) for t in self.refs]
+        hyps = [normalize_transcript(t) for t in self.hyps]
+        words, chars = jiwer.process_words(refs, hyps), jiwer.process_characters(refs, hyps)
+        shown = [{"reference": r, "transcript": h} for r, h in zip(self.refs[:self.SHOWN], self.hyps[:self.SHOWN])]
+        return {**out, "wer": float(words.wer), "cer": float(chars.cer), "examples": shown}

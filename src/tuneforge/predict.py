@@ -64,7 +64,8 @@ class Predictor:
         return [{"error": built.dropped[i]} if i in built.dropped else next(outputs) for i in range(len(inputs))]
 
     def read_inputs(self, path: str | Path) -> list:
-        """Inputs for predict: a folder of images, a table (its text / image column), or a .txt (one per line)."""
+        """Inputs for predict: a folder of images or audio files, a table (its text / image / audio column), or a .txt
+        (one per line)."""
         p = Path(path).expanduser()
         if not p.exists():
             raise DataError(f"--input '{p}' does not exist")
@@ -73,7 +74,7 @@ class Predictor:
         if p.suffix.lower() == ".txt" and not (self.task.file_reader == "conll" and _looks_like_conll(p)):
             lines = [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines()]
             items = [line for line in lines if line.strip()]
-            if self.modality == "image":
+            if self.modality in ("image", "audio"):  # file paths, relative to the list
                 return [str((p.parent / s).resolve()) if not Path(s).is_absolute() else s for s in items]
             return items
         return FILE_READERS.get(self.task.file_reader or self.modality)(p, self.cfg.data, self.log,

@@ -563,7 +563,7 @@ def throughput(state: LoopState, bundle) -> dict:
     GFLOP/s by the usual 6 x non-embedding parameters x tokens estimate."""
     seconds = max(state.wall_seconds - state.eval_seconds, 1e-9)
     out = {"samples_per_second": round(state.samples_seen / seconds, 2)}
-    if state.tokens_seen:
+    if state.tokens_seen and bundle.modality == "text":  # (audio batches carry a frame mask, not tokens)
         non_embedding = sum(p.numel() for n, p in bundle.model.named_parameters() if "embeddings" not in n)
         out["tokens_per_second"] = round(state.tokens_seen / seconds, 1)
         out["non_embedding_params"] = non_embedding

@@ -152,16 +152,6 @@ class Selection:
     dropped: dict[int, str] = field(default_factory=dict)  # input index → message
 
 
-def align_outputs(outputs: list[dict], selection: Selection) -> list[dict]:
-    """One output per input: outputs of the kept examples in place, `{"error": message}` where one was dropped."""
-    result: list[dict] = [{}] * (len(selection.kept) + len(selection.dropped))
-    for i, out in zip(selection.kept, outputs):
-        result[i] = out
-    for i, message in selection.dropped.items():
-        result[i] = {"error": message}
-    return result
-
-
 class AudioCache:
     """Decodes every clip once (in parallel), validating all of them, and keeps up to `max_mb` of samples."""
 
@@ -203,7 +193,7 @@ class AudioCache:
             log(f"data: skipped {len(dropped)} unreadable audio file(s) (data.on_bad_sample: skip); "
                 f"first: {next(iter(dropped.values()))}")
         kept_ex = Examples(inputs, None if examples.labels is None else labels, where,
-                           list(examples.skipped) + list(dropped.values()))
+                           list(examples.skipped) + list(dropped.values()), dropped=dict(dropped))
         return Selection(kept_ex, kept, infos, dropped)
 
     def _keep(self, ref, wave: np.ndarray) -> AudioRef:

@@ -98,12 +98,13 @@ def _pad_time(x: torch.Tensor, width: int, key: str) -> torch.Tensor:
 
 def build_audio_inputs(ex: Examples, feature_maker: FeatureMaker, cfg, train: bool, cache: AudioCache,
                        labels: Optional[list], label_dtype: torch.dtype = torch.long, *, token_labels: bool = False,
-                       to_image: Optional[Callable] = None, log=print) -> Built:
+                       to_image: Optional[Callable] = None, log=print, disk_cache: bool = True) -> Built:
     """Examples (already through `cache.prepare`) → Built with per-clip frame counts as `lengths` and the
-    reader's and decoder's skips counted in `skipped`."""
+    reader's and decoder's skips counted in `skipped`. `disk_cache=False` (predict): features are made per item
+    and nothing is written to the feature cache."""
     augment = audio_augment(cfg.data, feature_maker.sample_rate, log) if train else None
     stored = None
-    if ex.inputs and feature_maker.deterministic and not (augment and augment.changes_waveform):
+    if disk_cache and ex.inputs and feature_maker.deterministic and not (augment and augment.changes_waveform):
         stored = cached_features(ex.inputs, cache, feature_maker, cfg.data.max_seconds, log)
     lengths = [feature_maker.content_frames(cache.num_samples(r)) for r in ex.inputs]
     dataset = AudioDataset(ex.inputs, labels, cache, feature_maker, augment, stored, to_image, label_dtype,

@@ -1,7 +1,9 @@
 """The raw, validated examples of one split, before tokenization or decoding."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -47,3 +49,18 @@ def split(ex: Examples, fraction: float, seed: int, stratify: Optional[list] = N
     tr, va = train_test_split(idx, test_size=fraction, random_state=seed,
                               stratify=None if strat is None else [str(s) for s in strat])
     return ex.subset(np.sort(tr)), ex.subset(np.sort(va))
+
+
+def split_by_name(ex: Examples, regex: str) -> tuple[Examples, Examples]:
+    """(files whose name does not match, files whose name matches `regex`): data.val_from, a split that a dataset
+    encodes in its file names (FSDD: index 0-4 is the test part)."""
+    from tuneforge.errors import ConfigError, DataError
+
+    if not all(isinstance(x, str) for x in ex.inputs):
+        raise ConfigError("data.val_from picks validation files by name; these inputs are not files (use "
+                          "data.val_split or a val file)")
+    hits = [bool(re.search(regex, Path(x).name)) for x in ex.inputs]
+    if all(hits) or not any(hits):
+        raise DataError(f"data.val_from.regex '{regex}' matches {'every' if all(hits) else 'no'} train file name "
+                        f"({Path(ex.inputs[0]).name}, ...); it must pick some files, not all")
+    return (ex.subset(i for i, h in enumerate(hits) if not h), ex.subset(i for i, h in enumerate(hits) if h))

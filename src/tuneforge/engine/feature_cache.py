@@ -136,7 +136,9 @@ def cached_loaders(cfg, task, bundle, head: str, setup, accelerator, log):
     """Train/val loaders over stored backbone features, plus the head-only stand-in for the bundle."""
     pre = {"precision": str(accelerator.mixed_precision), "max_length": cfg.data.max_length,
            "pad_to_multiple_of": cfg.data.pad_to_multiple_of, "image_size": cfg.data.image_size,
-           "image_cfg": bundle.image_cfg, "augment": False}
+           "image_cfg": bundle.image_cfg, "augment": False,
+           **({"audio": [cfg.data.sample_rate, cfg.data.max_seconds, cfg.data.min_seconds]}
+              if bundle.modality == "audio" else {})}  # clips truncated or resampled otherwise: other features
     bs = cfg.eval_batch_size
     loaders = []
     for built, train in ((setup.train_built, True), (setup.val_built, False)):

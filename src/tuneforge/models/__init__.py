@@ -9,14 +9,22 @@ from torch import nn
 
 from tuneforge.errors import ConfigError, ModelError
 # importing these registers the sources and aliases
-from tuneforge.models import gguf, hf, packaged, siamese, vision, whisper_package  # noqa: F401
+from tuneforge.models import gguf, hf, packaged, siamese, speech, vision, whisper_package  # noqa: F401
 from tuneforge.models.base import MODEL_ALIASES, MODEL_SOURCES, HeadSpec, ModelBundle, write_json
 
 META_FILE = "tuneforge.json"
 
 
 def resolve_source(cfg) -> tuple[str, object, dict]:
-    """→ (source name, model config with the alias applied, extra keyword arguments for the source)."""
+    """→ (source name, model config with the alias applied, extra keyword arguments for the source).
+    model.input: spectrogram wraps the image model's source in the `spectrogram` source (models/speech.py)."""
+    source, cfg, extra = _resolve_plain_source(cfg)
+    if cfg.input == "spectrogram":
+        return "spectrogram", cfg, {"image_source": source, **extra}
+    return source, cfg, extra
+
+
+def _resolve_plain_source(cfg) -> tuple[str, object, dict]:
     extra: dict = {}
     if cfg.name in MODEL_ALIASES:
         source, updates = MODEL_ALIASES.get(cfg.name)()
@@ -26,7 +34,7 @@ def resolve_source(cfg) -> tuple[str, object, dict]:
     if cfg.source != "auto":
         return cfg.source, cfg, extra
     if Path(cfg.name).expanduser().is_dir():
-        return "hf", cfg, extra
+        return "hf-speech" if speech.is_speech_folder(Path(cfg.name).expanduser()) else "hf", cfg, extra
     import timm
     import torchvision
 

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch.utils.data import Dataset
 
-from tuneforge.data.examples import Examples, sample, split
+from tuneforge.data.examples import Examples, sample, split, split_by_name
 from tuneforge.data.sources import read_split
 from tuneforge.errors import ConfigError, DataError, MissingLabelsError
 from tuneforge.losses import LOSSES
@@ -71,7 +71,14 @@ class Task:
             raise DataError("no training data: set data.dir, data.train or data.source")
         val = read_split(d, modality, "val", self.log, self.file_reader)
         test = self._read_test(modality)
-        if val is None:
+        if d.val_from is not None and val is not None:
+            raise ConfigError("data.val_from takes validation files out of train; a val split is given as well "
+                              "(data.val or a val file / folder under data.dir): remove one of them")
+        if d.val_from is not None:
+            train, val = split_by_name(train, d.val_from.regex)
+            self.log(f"data: validation = the {len(val)} of {len(train) + len(val)} files whose name matches "
+                     f"data.val_from.regex '{d.val_from.regex}'")
+        elif val is None:
             train, val = split(train, d.val_split, seed, stratify=self.stratify_key(train))
             self.log(f"data: no validation set given; split off {len(val)} of {len(train) + len(val)} "
                      f"examples (data.val_split={d.val_split}, seed {seed})")

@@ -1,6 +1,8 @@
-"""RowTask: tasks whose examples are one row each (a text, a text pair, an image), whatever the label looks like.
+"""RowTask: tasks whose examples are one row each (a text, a text pair, an image, an audio clip), whatever the label
+looks like.
 
-It builds the inputs for every modality (tokenized texts, siamese pairs, transformed images); its subclasses
+It builds the inputs for every modality (tokenized texts, siamese pairs, transformed images, audio features through
+tasks/audio_inputs.py); its subclasses
 (classification, regression, multi-label) only say how labels are encoded, weighed and decoded."""
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from tuneforge.data.images import ImageCache, ImageDataset, MixCollate, build_tr
 from tuneforge.data.text import PadCollator, TokenizedDataset, tokenize_texts
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.models.base import ModelBundle
+from tuneforge.tasks.audio_inputs import AudioInputs
 from tuneforge.tasks.base import Built, Task
 
 
@@ -68,6 +71,7 @@ class RowTask(Task):
         self.cache: Optional[ImageCache] = None  # decoded images, shared by the splits
         self.pairs: Optional[bool] = None  # text pairs (two inputs per row) or single texts, as trained
         self.columns: dict[str, str] = {}  # the train file's text / pair columns
+        self.audio = AudioInputs(cfg, log)  # decoded clips and their features (audio models)
 
     def check_arity(self, ex: Examples, split: str) -> None:
         """Training fixes single texts vs pairs; any other split (val, test, eval, predict) must match it."""
@@ -101,7 +105,13 @@ class RowTask(Task):
         return self.cache.prepare(ex, on_bad, log)
 
     def train_inputs_vary(self, bundle: ModelBundle) -> bool:
+        if bundle.modality == "audio":
+            return self.audio.vary()  # waveform augmentation or SpecAugment masks
         return bundle.modality == "image" and self.cfg.data.augment.enabled  # random crops every epoch
+
+    def add_to_report(self, report: dict, log) -> None:
+        if self.audio.selections:  # per-class durations: for single-label classes only
+            self.audio.add_to_report(report, self.label_dtype == torch.long, log)
 
     def sample_weights(self, labels: list) -> Optional[list[float]]:
         """Per-example draw weights for the train sampler (class-balanced resampling); None: uniform."""
@@ -110,13 +120,18 @@ class RowTask(Task):
     def build(self, ex: Examples, bundle: ModelBundle, split: str) -> Built:
         train = split == "train"
         predict = split == "predict"  # every input answered: an unreadable one gets its own error line
-        ex = self.prepare_images(ex, bundle, "skip" if predict else self.cfg.data.on_bad_sample,
-                                 (lambda *_: None) if predict else self.log)
-        if bundle.modality == "text":
-            self.check_arity(ex, split)
-        labels = self.encode_labels(ex)
-        built = build_inputs(ex, bundle, self.cfg, train, self.cache, labels, self.label_dtype,
-                             self.max_length(bundle) if bundle.modality == "text" else None, self.log)
+        if bundle.modality == "audio":
+            ex = self.audio.select(ex, bundle, split)
+            labels = self.encode_labels(ex)
+            built = self.audio.build(ex, bundle, split, labels, self.label_dtype)
+        else:
+            ex = self.prepare_images(ex, bundle, "skip" if predict else self.cfg.data.on_bad_sample,
+                                     (lambda *_: None) if predict else self.log)
+            if bundle.modality == "text":
+                self.check_arity(ex, split)
+            labels = self.encode_labels(ex)
+            built = build_inputs(ex, bundle, self.cfg, train, self.cache, labels, self.label_dtype,
+                                 self.max_length(bundle) if bundle.modality == "text" else None, self.log)
         built.skipped, built.dropped = len(ex.skipped), ex.dropped
         if train and labels is not None:
             built.sample_weights = self.sample_weights(labels)
