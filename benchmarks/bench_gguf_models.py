@@ -1,7 +1,6 @@
 """Measure a GGUF alias (models/gguf.py): first conversion, reuse check, folder load times, size, config and a greedy
 chat answer. Usage: TUNEFORGE_CACHE=/tmp/x python benchmarks/bench_gguf_models.py smollm2-135m|gemma3-270m [completion prompt]"""
 import sys, time, torch, json
-from pathlib import Path
 torch.set_num_threads(2)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from tuneforge.models import gguf as gg

@@ -199,7 +199,7 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "rows": rows}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"\n| task | side | metric | value | wall s | train s | train samples/s |\n|---|---|---|---|---|---|---|")
+    print("\n| task | side | metric | value | wall s | train s | train samples/s |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['task']} | {r['side']} | {r['metric']} | {r['value']:.4f} | {r['wall_s']:.0f} | "
               f"{r['train_s']:.0f} | {r['samples_per_s']:.1f} |")

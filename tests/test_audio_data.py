@@ -17,7 +17,8 @@ from tuneforge.config import load_config
 from tuneforge.data.audio import AudioCache, audio_report, decode_audio, describe_audio, read_clip
 from tuneforge.data.audio_augment import AudioAugment, audio_augment
 from tuneforge.data.audio_dataset import AudioCollate, SpectrogramImage, build_audio_inputs
-from tuneforge.data.audio_features import (ExtractorLogMel, TorchLogMel, cache_root, cached_features, log_mel,
+from tuneforge.utils import cache_dir
+from tuneforge.data.audio_features import (ExtractorLogMel, TorchLogMel, cached_features, log_mel,
                                            spectrogram_image)
 from tuneforge.data.examples import Examples
 from tuneforge.data.sources import FILE_READERS, read_split
@@ -293,7 +294,7 @@ def test_feature_disk_cache_hit_miss_and_corrupt_entry(tmp_path, whisper_fe):
     assert "stored" in logs[-1]
     again = cached_features(sel.examples.inputs, cache, maker, 1.0, logs.append)
     assert "hit" in logs[-1] and all(np.array_equal(first[i], again[i]) for i in range(3))
-    entry = next(cache_root().glob("audio-*"))
+    entry = next(cache_dir("features").glob("audio-*"))
     assert again[0].shape == (80, 100) and again.bodies.shape[1] < 3 * 100  # the padding tail is stored once
     (entry / "bodies.npy").write_bytes(b"garbage")
     healed = cached_features(sel.examples.inputs, cache, maker, 1.0, logs.append)
@@ -303,7 +304,7 @@ def test_feature_disk_cache_hit_miss_and_corrupt_entry(tmp_path, whisper_fe):
     assert "rows" in logs[-2]
     os.utime(paths[0], ns=(1, 1))  # a changed file is a different record: a miss
     cached_features(sel.examples.inputs, cache, maker, 1.0, logs.append)
-    assert "stored" in logs[-1] and len(list(cache_root().glob("audio-*"))) == 2
+    assert "stored" in logs[-1] and len(list(cache_dir("features").glob("audio-*"))) == 2
 
 
 # ------------------------------------------------------------------ augmentation

@@ -20,7 +20,7 @@ from tuneforge.cli import main
 from tuneforge.engine import chaos
 
 from chaos_helpers import history
-from tuneforge.errors import ConfigError, DataError, ModelError, TuneforgeError
+from tuneforge.errors import ConfigError, ModelError
 
 QUICK = {"train": {"max_steps": 4, "batch_size": 16}, "eval": {"every_steps": 2}}
 

@@ -17,6 +17,7 @@ pytest.importorskip("soundfile", reason="audio extra not installed (pip install 
 pytest.importorskip("torchaudio", reason="audio extra not installed (pip install '.[audio]')")
 
 import speech_helpers as sh  # noqa: E402
+from chaos_helpers import history  # noqa: E402
 from tuneforge.cli import main  # noqa: E402
 from tuneforge.config import load_config  # noqa: E402
 from tuneforge.engine import chaos  # noqa: E402
@@ -53,14 +54,9 @@ def recipe(assets, model: dict | None = None, **sections) -> dict:
     return base
 
 
-def history(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(x).items() if k != "wall_seconds"}
-            for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def predict_lines(capsys, *args) -> list[dict]:
+def predict_lines(capsys, *args, code: int = 0) -> list[dict]:
     capsys.readouterr()
-    assert main(list(map(str, args))) == 0
+    assert main(list(map(str, args))) == code
     return [json.loads(x) for x in capsys.readouterr().out.splitlines()]
 
 
@@ -88,7 +84,8 @@ def test_whisper_classifier_run_folder_predict_and_eval(whisper_run, assets, tmp
     low, high = assets["tones"] / "val" / "low" / "low_0.wav", assets["tones"] / "val" / "high" / "high_1.wav"
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF not really a wav")
-    rows = predict_lines(capsys, "predict", run, "--audio", low, "--audio", bad, "--audio", high)
+    rows = predict_lines(capsys, "predict", run, "--audio", low, "--audio", bad, "--audio", high,
+                         code=2)  # one input failed: its line says why, the exit code says so
     assert [r["input"] for r in rows] == [str(low), str(bad), str(high)]
     assert rows[0]["label"] == "low" and rows[2]["label"] == "high" and "bad.wav" in rows[1]["error"]
 
@@ -113,7 +110,7 @@ def test_predict_folder_and_list(whisper_run, assets, tmp_path, capsys):
     assert len(rows) == 3 and {r["label"] for r in rows} == {"mid"}
     listing = tmp_path / "list.txt"
     listing.write_text("missing.wav\n" + str(assets["tones"] / "val" / "low" / "low_1.wav") + "\n")
-    rows = predict_lines(capsys, "predict", whisper_run.run_dir, "--input", listing)
+    rows = predict_lines(capsys, "predict", whisper_run.run_dir, "--input", listing, code=2)
     assert "error" in rows[0] and rows[1]["label"] == "low"
 
 

@@ -21,7 +21,7 @@ from tuneforge.data.report import build_report, describe, fingerprint
 from tuneforge.engine import chaos
 from tuneforge.engine import distributed as dist
 from tuneforge.engine.callbacks import Callback, CallbackList, EarlyStopping, MetricsLogger, ProgressBar
-from tuneforge.engine.checkpoint import Checkpointer, atomic_write_text, best_path, load_weights_into, publish_dir
+from tuneforge.engine.checkpoint import Checkpointer, best_path, load_weights_into, publish_dir
 from tuneforge.engine.device import make_accelerator
 from tuneforge.engine.dist_checkpoint import RankCheckpointer, ShardedCheckpointer, ShardedSnapshot
 from tuneforge.engine.ema import WeightEMA
@@ -46,7 +46,7 @@ from tuneforge.presets import apply_preset
 from tuneforge.tasks import Task, create_task
 from tuneforge.tasks.base import Built
 from tuneforge.trackers import create_trackers, require_packages
-from tuneforge.utils import (RunLog, SilentLog, console, count_params, peak_device_memory_mb, peak_rss_mb,
+from tuneforge.utils import (RunLog, SilentLog, atomic_write_text, console, count_params, peak_device_memory_mb, peak_rss_mb,
                              resolve_precision, rss_mb, seed_everything, set_threads)
 
 

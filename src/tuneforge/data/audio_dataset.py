@@ -9,6 +9,8 @@ augmentation they are computed per item from the cached waveform. SpecAugment al
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -16,9 +18,9 @@ from torch.utils.data import Dataset
 
 from tuneforge.data.audio import AudioCache, AudioRef
 from tuneforge.data.audio_augment import AudioAugment, audio_augment
-from tuneforge.data.audio_features import FeatureMaker, StoredFeatures, cached_features, spectrogram_image
-from tuneforge.data.examples import Examples
-from tuneforge.tasks.base import Built
+from tuneforge.data.audio_features import (FeatureMaker, StoredFeatures, cached_features, input_digest,
+                                           spectrogram_image)
+from tuneforge.data.examples import Built, Examples
 
 IGNORE_INDEX = -100  # label positions the loss skips (transformers' convention)
 
@@ -45,6 +47,16 @@ class AudioDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.refs)
+
+    def content_digest(self) -> str:
+        """A hash of exactly what the model is fed (the feature cache's key): the clips, the feature settings,
+        augmentation on or off, the spectrogram-to-image conversion."""
+        image = getattr(self.to_image, "__dict__", repr(self.to_image))
+        setup = {"rows": len(self), "features": self.features.spec(), "augment": self.augment is not None,
+                 "to_image": image, "token_labels": self.token_labels}
+        h = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode())
+        h.update(input_digest(self.refs).encode())
+        return h.hexdigest()
 
     def _features(self, i: int) -> tuple[torch.Tensor, int]:
         ref = self.refs[i]

@@ -33,7 +33,7 @@ import torch
 
 from tuneforge.data.audio import RESAMPLER, AudioCache, AudioRef, audio_library
 from tuneforge.errors import ConfigError, ModelError
-from tuneforge.utils import fsync_path
+from tuneforge.utils import cache_dir, fsync_path
 
 BATCH = 32  # clips per feature-extractor call
 
@@ -235,11 +235,8 @@ class StoredFeatures:
         return {"bodies": self.bodies, "offsets": self.offsets, "tails": self.tails, "frames": self.frames}
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNEFORGE_CACHE") or Path.home() / ".cache" / "tuneforge") / "features"
-
-
-def _input_digest(refs: Sequence[AudioRef]) -> str:
+def input_digest(refs: Sequence[AudioRef]) -> str:
+    """The clips: each file's path, size and mtime, or an array's samples."""
     h = hashlib.sha256()
     for ref in refs:
         if isinstance(ref, str):
@@ -252,7 +249,7 @@ def _input_digest(refs: Sequence[AudioRef]) -> str:
 
 def feature_record(refs: Sequence[AudioRef], sample_rate: int, maker: FeatureMaker, max_seconds: float) -> dict:
     """Exactly what determines the cached features."""
-    return {"format": 1, "rows": len(refs), "inputs_sha256": _input_digest(refs), "sample_rate": sample_rate,
+    return {"format": 1, "rows": len(refs), "inputs_sha256": input_digest(refs), "sample_rate": sample_rate,
             "max_seconds": max_seconds, "resampler": RESAMPLER, "features": maker.spec()}
 
 
@@ -295,7 +292,7 @@ def cached_features(refs: Sequence[AudioRef], cache: AudioCache, maker: FeatureM
     """Features of every clip, from the disk cache or computed now (and stored; a read-only cache is no error)."""
     record = feature_record(refs, cache.sample_rate, maker, max_seconds)
     record_text = json.dumps(record, sort_keys=True)
-    path = cache_root() / f"audio-{hashlib.sha256(record_text.encode()).hexdigest()[:32]}"
+    path = cache_dir("features") / f"audio-{hashlib.sha256(record_text.encode()).hexdigest()[:32]}"
     if path.is_dir():
         try:
             stored = _read_entry(path, record_text, len(refs))

@@ -4,9 +4,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
+from torch.utils.data import Dataset
 
 
 @dataclass
@@ -64,3 +65,15 @@ def split_by_name(ex: Examples, regex: str) -> tuple[Examples, Examples]:
         raise DataError(f"data.val_from.regex '{regex}' matches {'every' if all(hits) else 'no'} train file name "
                         f"({Path(ex.inputs[0]).name}, ...); it must pick some files, not all")
     return (ex.subset(i for i, h in enumerate(hits) if not h), ex.subset(i for i, h in enumerate(hits) if h))
+
+
+@dataclass
+class Built:
+    """A split made ready for a loader by a task: its Dataset and how to batch it."""
+
+    dataset: Dataset
+    collate: Optional[Callable] = None
+    lengths: Optional[list[int]] = None  # per-example token counts, for length-grouped batching
+    skipped: int = 0
+    sample_weights: Optional[list[float]] = None  # train only: draw examples with these weights (resampling)
+    dropped: dict = field(default_factory=dict)  # predict: input index -> why it has no row (e.g. unreadable)

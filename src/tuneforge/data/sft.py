@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tuneforge.data.chat_templates import end_of_turn_strings, template_for
-from tuneforge.data.examples import Examples
+from tuneforge.data.examples import Built, Examples
 from tuneforge.data.packing import IGNORE_INDEX, SFTCollator, SFTRows, packed_rows, packing_efficiency, single_rows
 from tuneforge.errors import DataError
 
@@ -361,8 +361,6 @@ def build_sft_inputs(ex: Examples, tokenizer, cfg, train: bool, log=print):
     (evaluation keeps one example per row). The dataset (SFTRows) also carries, per kept sequence, `encoded`
     (Encoded: prompt_ids for generation) and `references` (the reference answer, or None for plain text), and
     `stats` (SFTStats) for the data report."""
-    from tuneforge.tasks.base import Built  # the task seam imports data modules, not the other way round
-
     d = cfg.data
     template = template_for(tokenizer, d.chat_template) if any(not isinstance(x, str) for x in ex.inputs) else None
     kept, skips = encode_examples(ex, tokenizer, template, d.max_length, cfg.task.train_on, d.on_bad_sample)

@@ -24,7 +24,7 @@ from tuneforge.engine import chaos
 from tuneforge.engine.callbacks import Callback
 from tuneforge.engine.snapshot import TrainingSnapshot, cpu_tensors
 from tuneforge.errors import ModelError
-from tuneforge.utils import atomic_write, atomic_write_text, fsync_path
+from tuneforge.utils import atomic_write, fsync_path
 
 STEP_DIR = re.compile(r"step-(\d{8})")
 MODEL_FILE, TRAINER_FILE, META_FILE = "model.safetensors", "trainer.safetensors", "trainer.json"

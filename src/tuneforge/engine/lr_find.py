@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 from tuneforge.engine.loop import forward
 from tuneforge.engine.optim import create_optimizer

@@ -12,7 +12,6 @@ import math
 import warnings
 from typing import Optional
 
-import torch
 from torch import nn
 
 from tuneforge.errors import ConfigError

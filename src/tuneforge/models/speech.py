@@ -247,17 +247,18 @@ class HFSpeechSource:
                               tokenizer=tokenizer, new_params=new, extractor=extractor)
 
     @staticmethod
-    def load_saved(model_dir: Path, meta: dict) -> ModelBundle:
+    def load_saved(model_dir: Path, meta: dict, trust_remote_code: bool = False) -> ModelBundle:
         from transformers import AutoFeatureExtractor, AutoTokenizer
 
         head = HeadSpec(**meta["head"])
-        model = _auto_class(head).from_pretrained(str(model_dir), local_files_only=True)
+        common = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+        model = _auto_class(head).from_pretrained(str(model_dir), **common)
         p = getattr(model, "projector", None)
         if isinstance(p, nn.Linear) and p.in_features == p.out_features and torch.equal(
                 p.weight, torch.eye(p.in_features)) and not p.bias.any():
             model.projector = nn.Identity()  # as trained (the identity matrix only serves plain transformers)
-        extractor = AutoFeatureExtractor.from_pretrained(str(model_dir), local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True) if head.kind == SEQ2SEQ \
+        extractor = AutoFeatureExtractor.from_pretrained(str(model_dir), **common)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), **common) if head.kind == SEQ2SEQ \
             else None
         return HFSpeechBundle(model=model, modality="audio", source="hf-speech", name=meta["name"], head=head,
                               tokenizer=tokenizer, extractor=extractor)
@@ -317,5 +318,6 @@ class SpectrogramSource:
         return SpectrogramBundle.wrap(source.load(cfg, head, log=log, **extra))
 
     @staticmethod
-    def load_saved(model_dir: Path, meta: dict) -> ModelBundle:
-        return SpectrogramBundle.wrap(MODEL_SOURCES.get(meta["image_source"]).load_saved(model_dir, meta))
+    def load_saved(model_dir: Path, meta: dict, trust_remote_code: bool = False) -> ModelBundle:
+        image = MODEL_SOURCES.get(meta["image_source"]).load_saved(model_dir, meta, trust_remote_code=trust_remote_code)
+        return SpectrogramBundle.wrap(image)

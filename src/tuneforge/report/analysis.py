@@ -5,7 +5,7 @@ it works on finished, running and crashed runs alike."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 

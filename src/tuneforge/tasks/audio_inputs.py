@@ -36,7 +36,8 @@ class AudioInputs:
         """The examples whose clips decode (all of them, or an error, unless data.on_bad_sample: skip)."""
         self._feature_maker(bundle)
         on_bad = "skip" if ex.labels is None else self.cfg.data.on_bad_sample
-        selection = self.cache.prepare(ex, on_bad, self.log)
+        # predict: an unreadable clip is answered by its own error line, not logged
+        selection = self.cache.prepare(ex, on_bad, (lambda *_: None) if split == "predict" else self.log)
         self.selections[split] = selection
         return selection.examples
 

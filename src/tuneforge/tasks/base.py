@@ -8,13 +8,12 @@ Adding a task: one module with a `Task` subclass registered as `@TASKS.register(
 (tasks/rows.py), which builds the inputs for every modality."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+
 from typing import Callable, Iterable, Optional
 
 import torch
-from torch.utils.data import Dataset
 
-from tuneforge.data.examples import Examples, sample, split, split_by_name
+from tuneforge.data.examples import Built, Examples, sample, split, split_by_name  # noqa: F401 (Built: re-exported)
 from tuneforge.data.sources import read_split
 from tuneforge.errors import ConfigError, DataError, MissingLabelsError
 from tuneforge.losses import LOSSES
@@ -22,16 +21,6 @@ from tuneforge.models.base import HeadSpec, ModelBundle
 from tuneforge.registry import Registry
 
 TASKS: Registry[type] = Registry("task")
-
-
-@dataclass
-class Built:
-    dataset: Dataset
-    collate: Optional[Callable] = None
-    lengths: Optional[list[int]] = None  # per-example token counts, for length-grouped batching
-    skipped: int = 0
-    sample_weights: Optional[list[float]] = None  # train only: draw examples with these weights (resampling)
-    dropped: dict = field(default_factory=dict)  # predict: input index -> why it has no row (e.g. unreadable)
 
 
 class Task:

@@ -63,6 +63,10 @@ class SpeechRecognition(Task):
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [prefix + list(row) + [eot] for row in ids]
 
+    def gold_labels(self, ex: Examples) -> list[str]:
+        """The reference transcripts, as `predict` outputs are compared with them (report)."""
+        return [str(text).strip() for text in ex.labels]
+
     def _check_lengths(self, labels: list[list[int]], ex: Examples, bundle: ModelBundle) -> None:
         limit = bundle.model.config.max_target_positions - 1  # <|startoftranscript|> takes one position
         for row, where in zip(labels, ex.where):
@@ -80,7 +84,7 @@ class SpeechRecognition(Task):
         if labels is not None:
             self._check_lengths(labels, ex, bundle)
         built = self.audio.build(ex, bundle, split, labels, token_labels=True)
-        built.skipped = len(ex.skipped)
+        built.skipped, built.dropped = len(ex.skipped), ex.dropped
         return built
 
     def add_to_report(self, report: dict, log) -> None:
