@@ -30,6 +30,10 @@ class TaskConfig(_Section):
     # --- sft (generative instruction tuning) ---
     # completion: loss on the assistant turns only (each with its end-of-turn token); all: every token
     train_on: Literal["completion", "all"] = "completion"
+    # validation prompts answered (greedy) at every evaluation for exact_match / contains_answer / chrf / rouge_l,
+    # and before / after training for generations.jsonl; 0 = no generation (loss and perplexity only)
+    generation_samples: int = Field(32, ge=0)
+    max_new_tokens: int = Field(64, gt=0)  # per generated answer (evaluation and predict)
 
     @field_validator("threshold")
     @classmethod
@@ -110,7 +114,9 @@ class LoraConfig(_Section):
 class DataConfig(_Section):
     dir: Optional[str] = None  # folder holding train/val files (or an ImageFolder tree)
     source: Optional[str] = None  # built-in source, e.g. sklearn-digits
-    train: Optional[str] = None  # file or folder; relative paths are taken from data.dir
+    # file or folder, or a list of files read as one split (e.g. identity + general chat data); relative paths
+    # are taken from data.dir
+    train: Union[str, list[str], None] = None
     val: Optional[str] = None
     text_column: Optional[str] = None  # None: guess (sentence, text, ...)
     text_pair_column: Optional[str] = None
@@ -154,6 +160,12 @@ class DataConfig(_Section):
     packing: bool = False  # train rows: several examples per max_length row, attention kept within each
     # None: the tokenizer's own chat template; or a named one (chatml, llama3, zephyr, plain) or a Jinja string
     chat_template: Optional[str] = None
+    # a labelled table as instructions: each row becomes a user turn (prompt_template) and an assistant turn
+    # (completion_template); "{column}" fields are filled from the row, the label column first mapped through
+    # label_names (a list indexed by the label, or a mapping), e.g. "Is this review positive or negative?\n{sentence}"
+    prompt_template: Optional[str] = None
+    completion_template: str = "{label}"
+    label_names: Union[list[str], dict[str, str], None] = None
 
     @field_validator("replace")
     @classmethod
@@ -262,6 +274,14 @@ class Config(_Section):
     @property
     def eval_batch_size(self) -> int:
         return self.eval.batch_size or 2 * self.train.batch_size
+
+    @model_validator(mode="after")
+    def _templates_need_auto_format(self) -> "Config":
+        d = self.data
+        if d.prompt_template is not None and d.format != "auto":
+            raise ValueError(f"data.prompt_template turns table rows into conversations; it cannot be combined with "
+                             f"data.format: {d.format} (leave data.format unset)")
+        return self
 
     @model_validator(mode="after")
     def _need_data(self) -> "Config":

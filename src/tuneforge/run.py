@@ -148,7 +148,8 @@ def oom_as_error(cfg: Config, state: LoopState):
 def _user_paths(recipe, cfg: Config) -> list[Path]:
     """The recipe and data: --overwrite never empties a folder holding them."""
     paths = [Path(recipe)] if not isinstance(recipe, dict) else []
-    paths += [Path(p).expanduser() for p in (cfg.data.dir, cfg.data.train, cfg.data.val) if p]
+    train = cfg.data.train if isinstance(cfg.data.train, list) else [cfg.data.train]
+    paths += [Path(p).expanduser() for p in (cfg.data.dir, *train, cfg.data.val) if p]
     return paths
 
 
@@ -173,8 +174,8 @@ def prepare(cfg: Config, log) -> Setup:
     built = {split: task.build(ex, bundle, split) for split, ex in
              (("train", train_ex), ("val", val_ex), ("test", test_ex)) if ex is not None}
     task.add_to_report(report, log)
-    log(f"data: {len(built['train'].dataset)} train / {len(built['val'].dataset)} val examples; "
-        f"labels: {', '.join(task.labels[:12])}{' ...' if len(task.labels) > 12 else ''}")
+    labels = f"; labels: {', '.join(task.labels[:12])}{' ...' if len(task.labels) > 12 else ''}" if task.labels else ""
+    log(f"data: {len(built['train'].dataset)} train / {len(built['val'].dataset)} val examples{labels}")
     seed_everything(cfg.train.seed)  # model init above consumed RNG differently per source
     precision = resolve_precision(cfg.train.precision)
     accelerator = make_accelerator(precision)

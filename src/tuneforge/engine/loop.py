@@ -152,7 +152,8 @@ def train_one_epoch(c: Components, state: LoopState) -> None:
         with nullcontext() if sync else acc.no_sync(model):
             outputs, batch = forward(c.task, c.bundle, batch, acc, train=True)
             loss = c.task.train_loss(outputs, batch)
-            acc.backward(loss / c.grad_accum)
+            with attention_backend(batch, acc.device):  # checkpointed blocks recompute with the forward's kernel
+                acc.backward(loss / c.grad_accum)
         state.batch_in_epoch += 1
         state.samples_seen += len(batch["labels"])
         if "attention_mask" in batch:

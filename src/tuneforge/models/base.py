@@ -18,7 +18,7 @@ class HeadSpec:
 
     num_outputs: int
     labels: list[str]  # output names (class names, tags); empty for plain regression
-    kind: str = "sequence"  # sequence | token | encoder: picks the HF auto class
+    kind: str = "sequence"  # sequence | token | encoder | causal_lm: picks the HF auto class
     problem_type: Optional[str] = None  # HF problem_type (single_label_classification, regression, ...)
 
 

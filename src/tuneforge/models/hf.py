@@ -20,6 +20,7 @@ AUTO_CLASSES = {
     "sequence": "AutoModelForSequenceClassification",
     "token": "AutoModelForTokenClassification",
     "encoder": "AutoModel",  # no head: wrapped by models/siamese.py
+    "causal_lm": "AutoModelForCausalLM",  # generative (task sft): the pretrained LM head, no new layers
 }
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -98,6 +99,8 @@ def _auto_class(head: HeadSpec):
 
 
 def _head_kwargs(head: HeadSpec) -> dict:
+    if head.kind == "causal_lm":
+        return {}  # the vocabulary is the output: no label count, no label names
     kw = {"num_labels": head.num_outputs}
     if head.labels:
         kw["id2label"] = dict(enumerate(head.labels))

@@ -1,5 +1,5 @@
 """Task registry. Importing this package registers the built-in tasks."""
-from tuneforge.tasks import classification, multilabel, regression, token_classification  # noqa: F401
+from tuneforge.tasks import classification, multilabel, regression, sft, token_classification  # noqa: F401
 from tuneforge.tasks.base import TASKS, Built, Task, create_task, task_from_saved
 
 __all__ = ["TASKS", "Built", "Task", "create_task", "task_from_saved"]
