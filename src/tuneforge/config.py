@@ -206,6 +206,9 @@ class TrainConfig(_Section):
     channels_last: bool = True  # image models: NHWC memory format (faster convolutions on CPU and GPU)
     # BERT-style sequence classifiers: the last layer runs for the first token only (exact; ~13% fewer FLOPs at 6 layers)
     first_token_shortcut: bool = True
+    # causal LMs on CPU (task sft): attention computed per packed example instead of over the whole masked row
+    # (exact; models/segment_attention.py)
+    segment_attention: bool = True
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     warmup_steps: Optional[int] = Field(None, ge=0)  # overrides warmup_ratio
     epochs: float = Field(3, gt=0)

@@ -196,8 +196,12 @@ def use_speed_features(bundle, cfg: Config, log) -> dict:
     first_token = tc.first_token_shortcut and bundle.use_first_token_shortcut()
     if first_token:
         log("speed: the last encoder layer runs for the first token only (the classifier reads nothing else)")
+    segments = tc.segment_attention and bundle.use_segment_attention()
+    if segments:
+        log("speed: attention computed per example of each packed / padded row (segment attention)")
     return {"channels_last": channels_last if bundle.modality == "image" else None,
-            "first_token_shortcut": first_token if bundle.modality == "text" else None}
+            "first_token_shortcut": first_token if bundle.modality == "text" else None,
+            "segment_attention": segments if bundle.head.kind == "causal_lm" else None}
 
 
 def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = None, quiet: bool = False) -> dict:
@@ -373,6 +377,8 @@ def strategies_summary(setup: Setup, training: Training) -> dict:
             "layer_decay": tc.layer_decay, "head_lr": tc.head_lr,
             "channels_last": setup.speed["channels_last"], "ema": tc.ema,
             "first_token_shortcut": setup.speed["first_token_shortcut"],
+            **({"segment_attention": setup.speed["segment_attention"]}  # causal LMs only (golden summaries unchanged)
+               if setup.speed["segment_attention"] is not None else {}),
             "group_by_length": cfg.data.group_by_length and text,
             "pad_to_multiple_of": cfg.data.pad_to_multiple_of if text else None,
             "dropout": cfg.model.dropout, "gradient_checkpointing": setup.checkpointing,
@@ -393,6 +399,7 @@ def throughput(state: LoopState, bundle) -> dict:
     out = {"samples_per_second": round(state.samples_seen / seconds, 2)}
     if state.tokens_seen:
         non_embedding = sum(p.numel() for n, p in bundle.model.named_parameters() if "embeddings" not in n)
+        out["tokens_seen"] = state.tokens_seen
         out["tokens_per_second"] = round(state.tokens_seen / seconds, 1)
         out["non_embedding_params"] = non_embedding
         out["gflops_per_second"] = round(6 * non_embedding * state.tokens_seen / seconds / 1e9, 2)

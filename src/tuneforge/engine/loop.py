@@ -158,6 +158,8 @@ def train_one_epoch(c: Components, state: LoopState) -> None:
         state.samples_seen += len(batch["labels"])
         if "attention_mask" in batch:
             state.tokens_seen += int(batch["attention_mask"].sum())
+        elif "num_tokens" in batch:  # packed SFT rows: no attention mask; the collator counts the real tokens
+            state.tokens_seen += int(batch["num_tokens"])
         if not sync or not _optimizer_step(c, state, loss):
             continue
         c.callbacks.fire("on_step_end", state)

@@ -59,6 +59,10 @@ class ModelBundle:
         """Run the last encoder layer for the first token only (sequence classifiers that read only it)."""
         return False
 
+    def use_segment_attention(self) -> bool:
+        """Causal LMs on CPU: attention per packed example, not over the whole masked row."""
+        return False
+
     def meta(self) -> dict:
         return {"source": self.source, "name": self.name, "modality": self.modality,
                 "head": self.head.__dict__, "image_cfg": self.image_cfg, **self.extra_meta}

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tuneforge.models.segment_attention import NAME as SEGMENT_ATTENTION
+
 IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 1 << 25  # logits per chunk (x 4 bytes = 128 MB): chunk rows = this / vocabulary size
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
@@ -107,8 +109,11 @@ def linear_cross_entropy(head: nn.Module, hidden: torch.Tensor, targets: torch.T
 
 
 def trained_token_loss(model: nn.Module, batch: dict, full_logits: bool = False) -> TokenLoss:
-    """Summed loss and count of the trained tokens of a batch (unshifted labels, -100 = not trained)."""
+    """Summed loss and count of the trained tokens of a batch (unshifted labels, -100 = not trained). The rows are
+    packed or right-padded (SFT collators): models switched to segment attention may compute it per example."""
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    if getattr(getattr(model, "config", None), "_attn_implementation", None) == SEGMENT_ATTENTION:
+        inputs["segment_attention"] = True
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE_INDEX
     targets = labels[keep]

@@ -53,6 +53,11 @@ class HFBundle(ModelBundle):
             self.extra_meta["first_token_shortcut"] = True
         return self.first_token_shortcut
 
+    def use_segment_attention(self) -> bool:
+        from tuneforge.models.segment_attention import enable
+
+        return self.head.kind == "causal_lm" and not torch.cuda.is_available() and enable(self.model)
+
     def use_gradient_checkpointing(self) -> bool:
         if not getattr(self.model, "supports_gradient_checkpointing", False):
             return checkpoint_blocks(self.model)  # e.g. MPNet: transformers has no checkpointing for it

@@ -21,6 +21,7 @@ config stops at the template's end-of-turn token); adapter/ (LoRA runs) is the a
 export."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
@@ -68,14 +69,16 @@ class SampledRows(Dataset):
         return {**row, "generate": self.samples[i]} if i in self.samples else row
 
 
-class SampleCollator:
-    """The rows' collate, plus `generate`: the batch's generation samples (a list, not sent to the model)."""
+class SFTBatches:
+    """The rows' collate, plus what the model does not see: `num_tokens` (real tokens: packed rows carry no
+    attention mask to count them by) and `generate` (the batch's generation samples)."""
 
     def __init__(self, collate):
         self.collate = collate
 
     def __call__(self, rows: list[dict]) -> dict:
         batch = self.collate(rows)
+        batch["num_tokens"] = torch.tensor(sum(len(r["input_ids"]) for r in rows))
         batch["generate"] = [r["generate"] for r in rows if "generate" in r]
         return batch
 
@@ -124,6 +127,10 @@ class SFT(Task):
                               "task.generation_samples above 0 (e.g. 32)")
         if t.label_smoothing:
             raise ConfigError("task.label_smoothing is not supported by task sft; remove it")
+        missing = [m for m in ("sacrebleu", "rouge_score") if importlib.util.find_spec(m) is None]
+        if t.generation_samples and missing:
+            raise ConfigError(f"task.generation_samples: the generation metrics need {' and '.join(missing)}; "
+                              "pip install 'tuneforge[sft]', or set task.generation_samples: 0")
 
     def fit_labels(self, train: Examples, val: Examples) -> None:
         """No label space: the answers are text."""
@@ -146,11 +153,11 @@ class SFT(Task):
             self.check_model(bundle.model)
             rows, batch = len(built.dataset), self.cfg.train.batch_size
             self.tokens_per_batch = built.dataset.stats.trainable_tokens / math.ceil(rows / batch)
-            return built
+            return Built(built.dataset, SFTBatches(built.collate), built.lengths, built.skipped)
         samples = self.generation_samples(ex, built.dataset)
         if split == "val":
             self.val_samples = list(samples.values())
-        return Built(SampledRows(built.dataset, samples), SampleCollator(built.collate), built.lengths,
+        return Built(SampledRows(built.dataset, samples), SFTBatches(built.collate), built.lengths,
                      built.skipped)
 
     def generation_samples(self, ex: Examples, rows) -> dict[int, GenerationSample]:
