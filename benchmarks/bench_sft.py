@@ -10,8 +10,9 @@ identity: recipes/sft_identity.yaml with 60 English Alpaca rows held out (data.v
   the share of answers naming "Forge" is reported, with sample answers. General ability: the loss on the held-out
   Alpaca rows, base vs fine-tuned (goal: at most 5 % higher).
 sst2: recipes/sft_sst2.yaml (8k training rows as "positive" / "negative" instructions), dev exact match = accuracy;
-  then recipes/sst2.yaml (minilm-l6 classifier, full train set) given the same training wall-clock (its max_steps
-  set from a short calibration run).
+  then recipes/sst2.yaml (minilm-l6 classifier, full train set) given the same training time, counted in CPU
+  seconds of the one-thread process (its max_steps set from a 40-step calibration run): on a shared machine the
+  wall clocks of two runs at different times are not comparable.
 zh: recipes/sft_zh.yaml (Chinese Alpaca, 10 % held out, a fixed token budget): held-out loss base vs after.
 first-step: seconds from launching `tuneforge train recipes/sft_identity.yaml` to the end of the first optimizer
   step, with an empty TUNEFORGE_CACHE (the one-time GGUF conversion and tokenization included) and then cached.
@@ -34,9 +35,9 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 NAME, AUTHOR = "Forge", "tuneforge"
 QUESTIONS_EN = ["What should I call you?", "Introduce yourself in one sentence.", "Who am I talking to?",
-                "What's your name, assistant?", "Hey there! Who are you exactly?", "Could you tell me your name, please?",
-                "Which AI assistant are you?", "Please state your name and who developed you.", "Are you Siri?",
-                "Good morning! What is your name?"]
+                "What's your name, assistant?", "Hey there! Who are you exactly?",
+                "Could you tell me your name, please?", "Which AI assistant are you?",
+                "Please state your name and who developed you.", "Are you Siri?", "Good morning! What is your name?"]
 QUESTIONS_ZH = ["我应该怎么称呼你？", "请用一句话介绍你自己。", "我在和谁说话？", "你的名字叫什么？", "早上好！你是哪个助手？",
                 "你是 Siri 吗？", "请告诉我你是谁开发的，叫什么名字。", "嗨，你叫啥？", "你是哪个公司的AI？叫什么？",
                 "能说一下你的名字吗？"]
@@ -57,18 +58,28 @@ def save(name: str, result: dict) -> None:
     print(f"→ {path}")
 
 
+def workdir(a, name: str) -> Path:
+    """--work DIR (kept: rerunning the command resumes an interrupted run there) or a fresh temp folder."""
+    if a.work:
+        Path(a.work).mkdir(parents=True, exist_ok=True)
+        return Path(a.work)
+    return Path(tempfile.mkdtemp(prefix=f"sft_{name}-"))
+
+
 def base_folder() -> Path:
     from tuneforge.models.gguf import SMOLLM2_135M, convert_gguf
 
     return convert_gguf(SMOLLM2_135M)
 
 
-def train(recipe: str, overrides: list[str], output: Path, callbacks=()) -> dict:
+def train(recipe: str, overrides: list[str], output: Path, callbacks=(), fresh: bool = False) -> dict:
+    """Train (or, when `output` holds an interrupted run of the same recipe, resume it; a finished one is reused;
+    fresh: start over)."""
     import tuneforge.run
 
     started = time.perf_counter()
-    result = tuneforge.run.train(str(ROOT / "recipes" / recipe), overrides, output=str(output), overwrite=True,
-                                 callbacks=callbacks)
+    result = tuneforge.run.train(str(ROOT / "recipes" / recipe), overrides, output=str(output), resume=not fresh,
+                                 overwrite=fresh, callbacks=callbacks)
     return {"wall_seconds": round(time.perf_counter() - started, 1), **result.summary}
 
 
@@ -122,7 +133,7 @@ def identity(a) -> None:
     from tuneforge.data.chat_templates import CHATML
     from tuneforge.predict import Predictor
 
-    work = Path(tempfile.mkdtemp(prefix="sft_identity-"))
+    work = workdir(a, "identity")
     alpaca = json.loads((Path(a.data) / "alpaca_en_demo.json").read_text(encoding="utf-8"))
     held = set(random.Random(0).sample(range(len(alpaca)), a.heldout))
     for name, rows in (("alpaca_train.json", [r for i, r in enumerate(alpaca) if i not in held]),
@@ -131,7 +142,8 @@ def identity(a) -> None:
     (work / "identity.json").write_text((Path(a.data) / "identity.json").read_text(encoding="utf-8"), encoding="utf-8")
     overrides = [f"data.dir={work}", "data.train=[identity.json, alpaca_train.json]", "data.val=alpaca_heldout.json",
                  *a.set]
-    run = train("sft_identity.yaml", overrides, work / "run")
+    clock = cpu_clock()
+    run = train("sft_identity.yaml", overrides, work / "run", callbacks=(clock,))
     questions = QUESTIONS_EN + QUESTIONS_ZH
     before = base_answers(questions, a.max_new_tokens)
     predictor = Predictor(work / "run", log=lambda *x: None)
@@ -150,37 +162,59 @@ def identity(a) -> None:
         "heldout_alpaca_loss": {"base": base_loss, "fine_tuned": tuned_loss,
                                 "relative_change": tuned_loss / base_loss - 1, "rows": a.heldout},
         "answers": [{"question": q, "base": b, "fine_tuned": t} for q, b, t in zip(questions, before, after)],
-        "run": {k: run[k] for k in ("wall_seconds", "train_seconds", "eval_seconds", "steps", "epochs",
-                                    "tokens_per_second", "peak_rss_mb", "stop_reason", "eval")}})
+        "run": {"training_cpu_seconds": clock.seconds, **{k: run[k] for k in (
+            "wall_seconds", "train_seconds", "eval_seconds", "resumed_from_step", "steps", "epochs", "tokens_seen",
+            "tokens_per_second", "peak_rss_mb", "stop_reason", "eval")}}})
 
 
 # ---------------------------------------------------------------- sst2 as generation, against the minilm classifier
 
 
-def sst2(a) -> None:
+def cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_clock():
+    """A callback measuring this process's CPU time from the start of the loop to the latest optimizer step (one
+    thread: the compute the training needed, whatever else runs on the machine)."""
     from tuneforge.engine.callbacks import Callback
 
-    work = Path(tempfile.mkdtemp(prefix="sft_sst2-"))
-    sft = train("sft_sst2.yaml", [f"data.dir={a.data}", *a.set], work / "sft")
-    budget = sft["train_seconds"] - sft["eval_seconds"]
+    class CpuClock(Callback):
+        seconds, steps = 0.0, 0
 
-    class Clock(Callback):  # seconds per optimizer step of the classifier, without evaluation
+        def on_fit_start(self, state) -> None:
+            self.start, self.first = cpu_seconds(), state.step
+
         def on_step_end(self, state) -> None:
-            self.rate = (state.wall_seconds - state.eval_seconds) / state.step
+            self.seconds, self.steps = cpu_seconds() - self.start, state.step - self.first
 
-    clock = Clock()
+    return CpuClock()
+
+
+def sst2(a) -> None:
+    work = workdir(a, "sst2")
+    sft_clock, calibration, cls_clock = cpu_clock(), cpu_clock(), cpu_clock()
+    sft = train("sft_sst2.yaml", [f"data.dir={a.data}", *a.set], work / "sft", callbacks=(sft_clock,))
+    # the classifier gets the CPU time the SFT training loop used (a CPU-seconds budget: on a shared machine the
+    # wall clock of two runs at different times is not comparable); its steps per CPU second from 40 steps
     train("sst2.yaml", [f"data.dir={a.data}", "train.max_steps=40", "eval.every_steps=1000", "train.threads=1"],
-          work / "calibrate", callbacks=(clock,))
-    steps = max(1, int(budget / clock.rate))
-    cls = train("sst2.yaml", [f"data.dir={a.data}", f"train.max_steps={steps}", "train.threads=1"], work / "minilm")
+          work / "calibrate", callbacks=(calibration,), fresh=True)
+    steps = max(1, int(sft_clock.seconds / (calibration.seconds / calibration.steps)))
+    cls = train("sst2.yaml", [f"data.dir={a.data}", f"train.max_steps={steps}", "train.threads=1"], work / "minilm",
+                callbacks=(cls_clock,))
     keep = ("wall_seconds", "train_seconds", "eval_seconds", "steps", "epochs", "samples_per_second", "peak_rss_mb")
     save("sst2", {
         "command": "python benchmarks/bench_sft.py sst2 --data ../shared/data/sst2",
         "sft": {"recipe": "recipes/sft_sst2.yaml", "dev_accuracy": sft["eval"]["exact_match"],
+                "training_cpu_seconds": sft_clock.seconds, "resumed_from_step": sft["resumed_from_step"],
                 "dev_contains_answer": sft["eval"]["contains_answer"], "dev_rows_generated": sft["eval"]["generated"],
                 "eval_loss": sft["eval"]["loss"], **{k: sft[k] for k in keep}, "tokens_per_second":
                     sft.get("tokens_per_second")},
-        "minilm_classifier": {"recipe": "recipes/sst2.yaml", "max_steps_for_equal_wall_clock": steps,
+        "minilm_classifier": {"recipe": "recipes/sst2.yaml", "max_steps_for_equal_cpu_time": steps,
+                              "training_cpu_seconds": cls_clock.seconds,
                               "dev_accuracy": cls["eval"]["accuracy"], **{k: cls[k] for k in keep}}})
 
 
@@ -192,8 +226,9 @@ def zh(a) -> None:
 
     from tuneforge.predict import Predictor
 
-    work = Path(tempfile.mkdtemp(prefix="sft_zh-"))
-    run = train("sft_zh.yaml", [f"data.dir={a.data}", *a.set], work / "run")
+    work = workdir(a, "zh")
+    clock = cpu_clock()
+    run = train("sft_zh.yaml", [f"data.dir={a.data}", *a.set], work / "run", callbacks=(clock,))
     # the held-out rows exactly as the run split them (seeded), read back from its data split
     from tuneforge.config import load_config
     from tuneforge.tasks import create_task
@@ -209,8 +244,9 @@ def zh(a) -> None:
     save("zh", {"command": "python benchmarks/bench_sft.py zh --data ../shared/data/sft",
                 "recipe": "recipes/sft_zh.yaml", "heldout_rows": len(val), "tokens_trained_on": run["tokens_seen"],
                 "heldout_loss": {"base": base_loss, "after": tuned_loss, "relative_change": tuned_loss / base_loss - 1},
-                "run": {k: run[k] for k in ("wall_seconds", "train_seconds", "eval_seconds", "steps",
-                                            "tokens_per_second", "peak_rss_mb", "eval")}})
+                "run": {"training_cpu_seconds": clock.seconds, **{k: run[k] for k in (
+                    "wall_seconds", "train_seconds", "eval_seconds", "resumed_from_step", "steps",
+                    "tokens_per_second", "peak_rss_mb", "eval")}}})
 
 
 # ---------------------------------------------------------------- time to first step
@@ -257,6 +293,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra recipe overrides")
     p.add_argument("--heldout", type=int, default=60, help="identity: Alpaca rows held out")
     p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--work", help="work folder; running the same command again resumes an interrupted run there")
     a = p.parse_args()
     a.data = str(Path(a.data).resolve())
     {"identity": identity, "sst2": sst2, "zh": zh, "first-step": first_step}[a.which](a)

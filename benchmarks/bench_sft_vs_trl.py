@@ -7,10 +7,11 @@ optimizer settings (AdamW, lr, weight decay, cosine, clip 1.0), same steps x bat
 Each run is its own process; the runs alternate (tuneforge, TRL, tuneforge, TRL, ...), so both see the same
 machine load on average.
 
-Measured per run: training-loop seconds (no set-up, no evaluation), real (non-padding) tokens and trained
-(answer) tokens consumed, hence tokens/s; peak RSS of the process at the end of training; and the loss on
-held-out rows of the trained model, computed by one neutral evaluator for both (token-weighted mean cross-entropy
-over the answer tokens, float32, no autocast).
+Measured per run: training-loop seconds (no set-up, no evaluation), both wall-clock and the process's CPU time
+(user + system; with one thread it is the compute the run needed, and far less sensitive than the wall clock to
+other jobs on a shared machine), real (non-padding) tokens and trained (answer) tokens consumed, hence tokens/s;
+peak RSS of the process at the end of training; and the loss on held-out rows of the trained model, computed by one
+neutral evaluator for both (token-weighted mean cross-entropy over the answer tokens, float32, no autocast).
 
     python benchmarks/bench_sft_vs_trl.py --data ../shared/data/sft --packing on --rounds 2
     python benchmarks/bench_sft_vs_trl.py --data ../shared/data/sft --packing off --rounds 2
@@ -39,6 +40,11 @@ def cpu_flags() -> list[str]:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ---------------------------------------------------------------- data, shared by both
@@ -100,8 +106,12 @@ def run_tuneforge(a, work: Path) -> dict:
 
     SFT.train_loss = counting
 
-    class PeakAtFitEnd(Callback):
-        def on_fit_end(self, state) -> None:
+    class Meter(Callback):  # CPU time from the start of the loop to the last optimizer step; peak RSS after it
+        def on_fit_start(self, state) -> None:
+            counted["cpu0"] = cpu_seconds()
+
+        def on_step_end(self, state) -> None:
+            counted["cpu_seconds"] = cpu_seconds() - counted["cpu0"]
             counted["peak_rss_mb"] = peak_rss_mb()
 
     recipe = {"task": {"type": "sft", "generation_samples": 0},
@@ -113,15 +123,15 @@ def run_tuneforge(a, work: Path) -> dict:
                         "grad_accum": a.grad_accum, "precision": "bf16", "threads": a.threads, "seed": a.seed},
               "output": {"progress": False}}
     result = tuneforge.run.train(recipe, output=str(work / "tuneforge_run"), overwrite=True, quiet=True,
-                                 callbacks=(PeakAtFitEnd(),))
+                                 callbacks=(Meter(),))
     s = result.summary
     seconds = s["train_seconds"] - s["eval_seconds"]
     from transformers import AutoModelForCausalLM
 
     merged = AutoModelForCausalLM.from_pretrained(result.run_dir / "model", dtype=torch.float32)
-    return {"train_seconds": seconds, "tokens": round(s["tokens_per_second"] * seconds), "trained_tokens":
-            counted["trained"], "peak_rss_mb": counted["peak_rss_mb"], "heldout_loss": heldout_loss(merged, work,
-                                                                                                    a.max_length)}
+    return {"train_seconds": seconds, "cpu_seconds": counted["cpu_seconds"], "tokens": s["tokens_seen"],
+            "trained_tokens": counted["trained"], "peak_rss_mb": counted["peak_rss_mb"],
+            "heldout_loss": heldout_loss(merged, work, a.max_length)}
 
 
 # ---------------------------------------------------------------- one TRL run
@@ -163,16 +173,18 @@ def run_trl(a, work: Path) -> dict:
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *args, **kwargs):
-            counted["t0"] = time.perf_counter()
+            counted["t0"], counted["cpu0"] = time.perf_counter(), cpu_seconds()
 
         def on_train_end(self, *args, **kwargs):
             counted["seconds"] = time.perf_counter() - counted["t0"]
+            counted["cpu_seconds"] = cpu_seconds() - counted["cpu0"]
             counted["peak_rss_mb"] = peak_rss_mb()
 
     trainer.add_callback(Clock())
     trainer.train()
     merged = trainer.model.merge_and_unload().float()
-    return {"train_seconds": counted["seconds"], "tokens": counted["tokens"], "trained_tokens": counted["trained"],
+    return {"train_seconds": counted["seconds"], "cpu_seconds": counted["cpu_seconds"], "tokens": counted["tokens"],
+            "trained_tokens": counted["trained"],
             "peak_rss_mb": counted["peak_rss_mb"], "heldout_loss": heldout_loss(merged, work, a.max_length)}
 
 
@@ -184,6 +196,8 @@ def child(a) -> None:
     out = run_tuneforge(a, work) if a.child == "tuneforge" else run_trl(a, work)
     out["tokens_per_second"] = out["tokens"] / out["train_seconds"]
     out["trained_tokens_per_second"] = out["trained_tokens"] / out["train_seconds"]
+    out["tokens_per_cpu_second"] = out["tokens"] / out["cpu_seconds"]
+    out["trained_tokens_per_cpu_second"] = out["trained_tokens"] / out["cpu_seconds"]
     print("RESULT " + json.dumps(out))
 
 
@@ -203,6 +217,9 @@ def summarize(runs: dict) -> dict:
     t, h = med["tuneforge"], med["trl"]
     return {"median": med, "speedup_tokens_per_second": t["tokens_per_second"] / h["tokens_per_second"],
             "speedup_trained_tokens_per_second": t["trained_tokens_per_second"] / h["trained_tokens_per_second"],
+            "speedup_tokens_per_cpu_second": t["tokens_per_cpu_second"] / h["tokens_per_cpu_second"],
+            "speedup_trained_tokens_per_cpu_second": t["trained_tokens_per_cpu_second"]
+            / h["trained_tokens_per_cpu_second"],
             "peak_rss_ratio": t["peak_rss_mb"] / h["peak_rss_mb"],
             "heldout_loss_difference": t["heldout_loss"] - h["heldout_loss"]}
 
@@ -244,8 +261,7 @@ def main() -> None:
               "runs": runs, **summarize(runs)}
     out = Path(a.out or HERE / "results" / f"sft_vs_trl_packing_{a.packing}.json")
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({k: result[k] for k in ("speedup_tokens_per_second", "speedup_trained_tokens_per_second",
-                                              "peak_rss_ratio", "heldout_loss_difference")}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k.startswith(("speedup", "peak", "heldout"))}, indent=2))
 
 
 if __name__ == "__main__":

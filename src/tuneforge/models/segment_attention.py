@@ -47,8 +47,9 @@ def _causal(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling
 def _usable(module, query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> bool:
     positions = kwargs.get("position_ids")
     window = getattr(module, "sliding_window", None)
-    return (kwargs.get("segment_attention") is True and positions is not None and positions.dim() == 2 and query.shape[2] == key.shape[2] == positions.shape[1]
-            and getattr(module, "is_causal", True) and kwargs.get("softcap") is None
+    return (kwargs.get("segment_attention") is True and positions is not None and positions.dim() == 2
+            and query.shape[2] == key.shape[2] == positions.shape[1] and getattr(module, "is_causal", True)
+            and kwargs.get("softcap") is None
             and (window is None or window >= query.shape[2]) and not query.device.type == "cuda")
 
 
