@@ -212,7 +212,7 @@ def test_truncated_answer_is_skipped_and_counted(tok, tmp_path):
 def test_text_rows_train_every_token_and_are_chunked(tok, tmp_path):
     text = "Paris is the capital of France. " * 20
     ex = read_chat_file(write_jsonl(tmp_path / "train.jsonl", [{"text": text}]), log=quiet)
-    assert ex.labels is None and ex.inputs == [text]
+    assert ex.labels == [None] and ex.inputs == [text]  # a plain text has no reference answer
     built = build_sft_inputs(ex, tok, recipe(tmp_path, max_length=32), train=True, log=quiet)
     ids = tok(text)["input_ids"] + [tok.eos_token_id]
     rows = built.dataset.rows

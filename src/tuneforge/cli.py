@@ -51,7 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--image", action="append", help="an image file (repeatable)")
     g.add_argument("--audio", action="append", help="an audio file (repeatable)")
     g.add_argument("--input", help="a file of inputs (table, .txt one per line, or a folder of images / audio)")
+    g.add_argument("--prompt", action="append", help="a prompt for a generative (task sft) model (repeatable)")
+    g.add_argument("--chat", help="a JSONL file of conversations to answer (task sft), each ending with a user turn")
     pr.add_argument("--text-pair", help="second text, for sentence-pair models")
+    _add_generation_options(pr)
     pr.add_argument("--top-k", type=int, default=None)
     pr.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
     pr.add_argument("--output", help="write the JSON lines here instead of stdout")
@@ -162,6 +165,15 @@ def _add_ship_commands(sub) -> None:
     s.add_argument("--timeout-s", type=float, default=30.0, help="per-request limit")
 
 
+def _add_generation_options(pr) -> None:
+    gen = pr.add_argument_group("generation (task sft)")
+    gen.add_argument("--max-new-tokens", type=int, help="default: the run's task.max_new_tokens")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampled")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature)")
+    gen.add_argument("--seed", type=int, help="seed for sampled answers")
+    gen.add_argument("--no-stream", action="store_true", help="do not stream the answer's tokens to stderr")
+
+
 def _print_result(result) -> None:
     if os.environ.get("RANK", "0") != "0":  # several processes (torchrun): rank 0 answers for the run
         return
@@ -252,11 +264,30 @@ def _cmd_eval(a) -> None:
                       "confusion_matrix": metrics.get("confusion_matrix"), **per_type}))
 
 
+def _generation_inputs(a, pred) -> tuple[list, dict]:
+    """--prompt / --chat inputs and the generation options (task sft only)."""
+    from tuneforge.data.chat import read_prompts
+
+    if pred.task.name != "sft":
+        raise TuneforgeError(f"--prompt / --chat need a generative model (task sft); {a.run_dir} is task "
+                             f"{pred.task.name}: use --text, --image or --input")
+    if a.max_new_tokens is not None and a.max_new_tokens < 1:
+        raise TuneforgeError(f"--max-new-tokens must be at least 1 (got {a.max_new_tokens})")
+    if a.temperature < 0 or not 0 < a.top_p <= 1:
+        raise TuneforgeError("--temperature must be >= 0 and --top-p in (0, 1]")
+    inputs = a.prompt if a.prompt else read_prompts(a.chat)
+    return inputs, {"max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "top_p": a.top_p,
+                    "seed": a.seed, "stream": not a.no_stream}
+
+
 def _cmd_predict(a) -> None:
     if a.top_k is not None and a.top_k < 1:
         raise TuneforgeError(f"--top-k must be at least 1 (got {a.top_k})")
     pred = _predictor(a)
-    if a.text:
+    options: dict = {}
+    if a.prompt or a.chat:
+        inputs, options = _generation_inputs(a, pred)
+    elif a.text:
         if pred.modality != "text":
             raise TuneforgeError(f"--text given, but {a.run_dir} is an {pred.modality} model; use --image or --input")
         inputs = [(t, a.text_pair) if a.text_pair else t for t in a.text]
@@ -270,20 +301,25 @@ def _cmd_predict(a) -> None:
         inputs = pred.read_inputs(a.input)
     if not inputs:
         raise TuneforgeError("no inputs to predict")
+    calls = [[x] for x in inputs] if options else [inputs]  # generation: each JSON line right after its answer
+    lines, failed = [], 0
     with _oom_hint(pred):
-        outputs = pred.predict(inputs, a.top_k)
-    if len(outputs) != len(inputs):  # one line per input, always: anything else is a bug
-        raise RuntimeError(f"predict returned {len(outputs)} outputs for {len(inputs)} inputs")
-    lines = [json.dumps({"input": list(x) if isinstance(x, tuple) else x, **y}, ensure_ascii=False) + "\n"
-             for x, y in zip(inputs, outputs)]
-    if not a.output:
-        sys.stdout.write("".join(lines))
-    else:
+        for chunk in calls:
+            outputs = pred.predict(chunk, a.top_k, **options)
+            if len(outputs) != len(chunk):  # one line per input, always: anything else is a bug
+                raise RuntimeError(f"predict returned {len(outputs)} outputs for {len(chunk)} inputs")
+            new = [json.dumps({"input": list(x) if isinstance(x, tuple) else x, **y}, ensure_ascii=False) + "\n"
+                   for x, y in zip(chunk, outputs)]
+            if not a.output:
+                sys.stdout.write("".join(new))
+                sys.stdout.flush()
+            lines += new
+            failed += sum("error" in y for y in outputs)
+    if a.output:
         try:
             Path(a.output).write_text("".join(lines), encoding="utf-8")
         except OSError as e:
             raise TuneforgeError(f"--output '{a.output}' cannot be written ({e.strerror})") from None
-    failed = sum("error" in y for y in outputs)
     if failed:
         raise TuneforgeError(f"{failed} of {len(inputs)} input(s) could not be predicted (their lines have an "
                              "\"error\" field); fix or remove them")

@@ -46,7 +46,11 @@ class TaskConfig(_Section):
     language: str = "en"  # Whisper language code of the transcripts (its <|en|> token starts every label)
     asr_task: Literal["transcribe", "translate"] = "transcribe"
     num_beams: int = Field(1, ge=1)  # decoding at evaluation and predict: 1 = greedy, more = beam search
-    max_new_tokens: int = Field(128, gt=0)  # longest transcript decoded, in tokens
+    # --- sft: validation prompts answered (greedy) at every evaluation for exact_match / contains_answer / chrf /
+    # rouge_l, and before / after training for generations.jsonl; 0 = no generation (loss and perplexity only)
+    generation_samples: int = Field(32, ge=0)
+    # longest answer generated, in tokens (sft: per answer; asr: per transcript); None = 64 for sft, 128 for asr
+    max_new_tokens: Optional[int] = Field(None, gt=0)
 
     @field_validator("threshold")
     @classmethod
@@ -148,7 +152,9 @@ class LoraConfig(_Section):
 class DataConfig(_Section):
     dir: Optional[PathStr] = None  # folder holding train/val files (or an ImageFolder tree)
     source: Optional[str] = None  # built-in source, e.g. sklearn-digits
-    train: Optional[PathStr] = None  # file or folder; relative paths are taken from data.dir
+    # file or folder, or a list of files read as one split (e.g. identity + general chat data); relative paths
+    # are taken from data.dir
+    train: Union[PathStr, list[PathStr], None] = None
     val: Optional[PathStr] = None
     # a labelled split evaluated once with the kept model: None = a test.* file under data.dir if it has labels
     # (an unlabelled one, e.g. GLUE's test.tsv, is skipped with a log line); false = none; or a path
@@ -198,6 +204,12 @@ class DataConfig(_Section):
     packing: bool = False  # train rows: several examples per max_length row, attention kept within each
     # None: the tokenizer's own chat template; or a named one (chatml, llama3, zephyr, plain) or a Jinja string
     chat_template: Optional[str] = None
+    # a labelled table as instructions: each row becomes a user turn (prompt_template) and an assistant turn
+    # (completion_template); "{column}" fields are filled from the row, the label column first mapped through
+    # label_names (a list indexed by the label, or a mapping), e.g. "Is this review positive or negative?\n{sentence}"
+    prompt_template: Optional[str] = None
+    completion_template: str = "{label}"
+    label_names: Union[list[str], dict[str, str], None] = None
 
     @field_validator("replace")
     @classmethod
@@ -246,6 +258,9 @@ class TrainConfig(_Section):
     channels_last: bool = True  # image models: NHWC memory format (faster convolutions on CPU and GPU)
     # BERT-style sequence classifiers: the last layer runs for the first token only (exact; ~13% fewer FLOPs at 6 layers)
     first_token_shortcut: bool = True
+    # causal LMs on CPU (task sft): attention computed per packed example instead of over the whole masked row
+    # (exact; models/segment_attention.py)
+    segment_attention: bool = True
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     warmup_steps: Optional[int] = Field(None, ge=0)  # overrides warmup_ratio
     epochs: float = Field(3, gt=0)
@@ -335,6 +350,14 @@ class Config(_Section):
     @property
     def eval_batch_size(self) -> int:
         return self.eval.batch_size or 2 * self.train.batch_size
+
+    @model_validator(mode="after")
+    def _templates_need_auto_format(self) -> "Config":
+        d = self.data
+        if d.prompt_template is not None and d.format != "auto":
+            raise ValueError(f"data.prompt_template turns table rows into conversations; it cannot be combined with "
+                             f"data.format: {d.format} (leave data.format unset)")
+        return self
 
     @model_validator(mode="after")
     def _need_data(self) -> "Config":

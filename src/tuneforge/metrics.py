@@ -276,3 +276,69 @@ class TranscriptMetrics:
         words, chars = jiwer.process_words(refs, hyps), jiwer.process_characters(refs, hyps)
         shown = [{"reference": r, "transcript": h} for r, h in zip(self.refs[:self.SHOWN], self.hyps[:self.SHOWN])]
         return {**out, "wer": float(words.wer), "cer": float(chars.cer), "examples": shown}
+
+
+# ---------------------------------------------------------------- generative fine-tuning (task sft)
+
+GENERATION_METRICS = ("exact_match", "contains_answer", "chrf", "rouge_l")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, whitespace collapsed, surrounding punctuation dropped ("Positive." == "positive")."""
+    import re
+    import string
+
+    return re.sub(r"\s+", " ", text.lower()).strip().strip(string.punctuation + "。，！？：；、 ").strip()
+
+
+class RougeTokens:
+    """Tokens for ROUGE-L: words, and every CJK character on its own (rouge-score's default tokenizer keeps only
+    [a-z0-9], which would score Chinese answers as empty)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        import re
+
+        return re.findall(rf"[{_CJK}]|[^\W_{_CJK}]+", text.lower())
+
+
+def generation_scores(predictions: list[str], references: list[str]) -> dict:
+    """exact_match and contains_answer (shares, after normalize_answer), chrF (sacrebleu, 0-100, character
+    n-grams: fine for Chinese too) and ROUGE-L F1 (rouge-score, 0-1)."""
+    from rouge_score.rouge_scorer import RougeScorer
+    from sacrebleu.metrics import CHRF
+
+    pred = [normalize_answer(p) for p in predictions]
+    ref = [normalize_answer(r) for r in references]
+    scorer = RougeScorer(["rougeL"], tokenizer=RougeTokens())
+    rouge = [scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(references, predictions)]
+    return {"exact_match": float(np.mean([p == r for p, r in zip(pred, ref)])),
+            "contains_answer": float(np.mean([r in p for p, r in zip(pred, ref)])),
+            "chrf": float(CHRF().corpus_score(predictions, [references]).score),
+            "rouge_l": float(np.mean(rouge))}
+
+
+class LanguageModelMetrics:
+    """Loss (mean over trained tokens, exactly: token-weighted across batches) and perplexity; with a `generate`
+    function, the answers to the prompts the batches carry (`batch["generate"]`: (prompt_ids, reference) pairs)
+    are scored by `generation_scores` in compute()."""
+
+    def __init__(self, generate=None):
+        self.generate = generate  # list of prompt token ids → list of answer texts; None: no generation metrics
+        self.loss_sum, self.tokens, self.n = 0.0, 0, 0
+        self.pending: list = []
+
+    def update(self, outputs, batch: dict, loss: float) -> None:
+        self.loss_sum += float(outputs.loss_sum)
+        self.tokens += int(outputs.tokens)
+        self.n += len(batch["input_ids"])
+        self.pending += batch.get("generate", [])
+
+    def compute(self) -> dict:
+        loss = self.loss_sum / max(self.tokens, 1)
+        out = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": self.tokens, "samples": self.n}
+        if self.generate is not None and self.pending:
+            answers = self.generate([s.prompt_ids for s in self.pending])
+            out.update(generation_scores(answers, [s.reference for s in self.pending]))
+            out["generated"] = len(answers)
+        return out

@@ -182,7 +182,8 @@ def oom_as_error(cfg: Config, state: LoopState):
 def _user_paths(recipe, cfg: Config) -> list[Path]:
     """The recipe and data: --overwrite never empties a folder holding them."""
     paths = [Path(recipe)] if not isinstance(recipe, dict) else []
-    paths += [Path(p).expanduser() for p in (cfg.data.dir, cfg.data.train, cfg.data.val) if p]
+    train = cfg.data.train if isinstance(cfg.data.train, list) else [cfg.data.train]
+    paths += [Path(p).expanduser() for p in (cfg.data.dir, *train, cfg.data.val) if p]
     return paths
 
 
@@ -216,8 +217,8 @@ def prepare(cfg: Config, log) -> Setup:
     built = {split: task.build(ex, bundle, split) for split, ex in
              (("train", train_ex), ("val", val_ex), ("test", test_ex)) if ex is not None}
     task.add_to_report(report, log)
-    log(f"data: {len(built['train'].dataset)} train / {len(built['val'].dataset)} val examples; "
-        f"labels: {', '.join(task.labels[:12])}{' ...' if len(task.labels) > 12 else ''}")
+    labels = f"; labels: {', '.join(task.labels[:12])}{' ...' if len(task.labels) > 12 else ''}" if task.labels else ""
+    log(f"data: {len(built['train'].dataset)} train / {len(built['val'].dataset)} val examples{labels}")
     seed_everything(cfg.train.seed)  # model init above consumed RNG differently per source
     precision = resolve_precision(cfg.train.precision)
     accelerator = make_accelerator(precision, world.size)
@@ -242,8 +243,12 @@ def use_speed_features(bundle, cfg: Config, log) -> dict:
     first_token = tc.first_token_shortcut and bundle.use_first_token_shortcut()
     if first_token:
         log("speed: the last encoder layer runs for the first token only (the classifier reads nothing else)")
+    segments = tc.segment_attention and bundle.use_segment_attention()
+    if segments:
+        log("speed: attention computed per example of each packed / padded row (segment attention)")
     return {"channels_last": channels_last if bundle.modality == "image" else None,
-            "first_token_shortcut": first_token if bundle.modality == "text" else None}
+            "first_token_shortcut": first_token if bundle.modality == "text" else None,
+            "segment_attention": segments if bundle.head.kind == "causal_lm" else None}
 
 
 def lr_find(recipe: str | Path | dict, overrides=None, plot: Optional[str] = None, quiet: bool = False) -> dict:
@@ -534,6 +539,8 @@ def strategies_summary(setup: Setup, phases: list[Phase]) -> dict:
             "layer_decay": tc.layer_decay, "head_lr": tc.head_lr,
             "channels_last": setup.speed["channels_last"], "ema": tc.ema,
             "first_token_shortcut": setup.speed["first_token_shortcut"],
+            **({"segment_attention": setup.speed["segment_attention"]}  # causal LMs only (golden summaries unchanged)
+               if setup.speed["segment_attention"] is not None else {}),
             "group_by_length": cfg.data.group_by_length and text,
             "pad_to_multiple_of": cfg.data.pad_to_multiple_of if text else None,
             "dropout": cfg.model.dropout, "gradient_checkpointing": setup.checkpointing,
@@ -565,6 +572,7 @@ def throughput(state: LoopState, bundle) -> dict:
     out = {"samples_per_second": round(state.samples_seen / seconds, 2)}
     if state.tokens_seen and bundle.modality == "text":  # (audio batches carry a frame mask, not tokens)
         non_embedding = sum(p.numel() for n, p in bundle.model.named_parameters() if "embeddings" not in n)
+        out["tokens_seen"] = state.tokens_seen
         out["tokens_per_second"] = round(state.tokens_seen / seconds, 1)
         out["non_embedding_params"] = non_embedding
         out["gflops_per_second"] = round(6 * non_embedding * state.tokens_seen / seconds / 1e9, 2)

@@ -10,18 +10,23 @@ its keys, or forced with data.format:
 | prompt_completion | `prompt`, `completion` (strings or message lists) | a string prompt is one user turn, a string completion one assistant turn |
 | alpaca | `instruction`, `input`, `output` (+ `system`, `history`) | user = instruction + "\\n" + input (LLaMA-Factory's join; empty parts dropped), assistant = output |
 | text | `text` (or data.text_column) | the text itself (loss on every token) |
+| template (data.prompt_template set) | any table columns | user = data.prompt_template, assistant = data.completion_template, `{column}` fields filled from the row (the label column mapped through data.label_names) |
 
 `{{name}}` placeholders (no spaces inside, LLaMA-Factory's identity-data convention) are replaced from
 data.replace in every message. One left unreplaced is an error: training an assistant to answer "I am {{name}}"
 is silent corruption of exactly what identity data teaches. To keep a placeholder literally, map it to itself.
 
-Returns `Examples(inputs=[conversation | text], labels=[reference answer] (None for text), where=[...])`;
-a conversation is a list of {"role", "content"} dicts, the reference answer is its last assistant message."""
+Returns `Examples(inputs=[conversation | text], labels=[reference answer per row], where=[...])`;
+a conversation is a list of {"role", "content"} dicts, the reference answer is its last assistant message (None
+for a plain text: labels is None only for inputs given without answers, e.g. prompts to predict).
+
+`read_prompts(path)` reads conversations to answer (`tuneforge predict --chat`): each ends with a user turn."""
 from __future__ import annotations
 
 import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -37,6 +42,7 @@ DETECT = (("chat", {"messages"}), ("sharegpt", {"conversations"}), ("prompt_comp
           ("alpaca", {"instruction", "output"}), ("text", {"text"}))
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
 PLACEHOLDER = re.compile(r"\{\{([A-Za-z_]\w*)\}\}")
+FIELD = re.compile(r"(?<!\{)\{(\w+)\}(?!\})")  # {column} in data.prompt_template (not a {{placeholder}})
 JSON_KEYS = ("messages", "conversations", "prompt", "completion", "history")  # may hold JSON text in CSV cells
 
 
@@ -221,6 +227,52 @@ def _from_text(row: dict, key: str) -> str:
     return text
 
 
+def _cell_text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip() if not isinstance(value, str) else value
+
+
+def _label_name(value: Any, names) -> str:
+    key = _cell_text(value).strip()
+    if isinstance(names, dict):
+        if key not in names:
+            raise BadRow(f"label {key!r} has no entry in data.label_names ({', '.join(map(str, names))})")
+        return names[key]
+    if not key.isdigit() or int(key) >= len(names):
+        raise BadRow(f"label {key!r} is not an index into data.label_names (0..{len(names) - 1})")
+    return names[int(key)]
+
+
+def _fill(template: str, row: dict, key: str) -> str:
+    def one(m: re.Match) -> str:
+        if m.group(1) not in row:
+            raise BadRow(f"{key} field {{{m.group(1)}}} is not a column (columns: {', '.join(map(str, row))})")
+        return _cell_text(row[m.group(1)])
+    return FIELD.sub(one, template)
+
+
+@dataclass(frozen=True)
+class RowTemplates:
+    """data.prompt_template / completion_template / label_names: a labelled table row → one instruction turn."""
+    prompt: str
+    completion: str
+    label_column: str
+    label_names: Any = None
+
+    def __call__(self, row: dict) -> Conversation:
+        values = dict(row)
+        if self.label_names is not None and self.label_column in values:
+            values[self.label_column] = _label_name(values[self.label_column], self.label_names)
+        prompt, answer = (_fill(t, values, k) for t, k in ((self.prompt, "data.prompt_template"),
+                                                          (self.completion, "data.completion_template")))
+        if not answer.strip():
+            raise BadRow("data.completion_template gives an empty answer; fill the column it reads")
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
 def converter(fmt: str, text_key: str = "text") -> Callable[[dict], Conversation | str]:
     return {"chat": lambda r: _from_chat(r, "messages"), "sharegpt": lambda r: _from_chat(r, "conversations"),
             "prompt_completion": _from_prompt_completion, "alpaca": _from_alpaca,
@@ -258,12 +310,12 @@ def _check_placeholders(path: Path, left: Counter, first: Optional[str]) -> None
 
 
 def read_chat_file(path: Path, fmt: str = "auto", replace: Optional[dict] = None, on_bad_sample: str = "error",
-                   text_key: str = "text", log=print) -> Examples:
+                   text_key: str = "text", log=print, templates: Optional[RowTemplates] = None) -> Examples:
     path = Path(path)
     rows = load_rows(path)
-    detected = fmt == "auto"
-    fmt = detect_format(rows, path, text_key) if detected else fmt
-    convert = converter(fmt, text_key)
+    detected = fmt == "auto" and templates is None
+    fmt = "template" if templates is not None else detect_format(rows, path, text_key) if detected else fmt
+    convert = templates or converter(fmt, text_key)
     inputs, where, skipped, left, first_left = [], [], [], Counter(), None
     for loc, row in rows:
         try:
@@ -284,25 +336,46 @@ def read_chat_file(path: Path, fmt: str = "auto", replace: Optional[dict] = None
     if not inputs:
         raise DataError(f"{path}: no usable rows (all {len(rows)} are bad)")
     log(f"data: {path.name}: {len(inputs)} rows, format {fmt}" + (" (detected)" if detected else ""))
-    labels = None if fmt == "text" else [conv[-1]["content"] for conv in inputs]
+    labels = [None if isinstance(item, str) else item[-1]["content"] for item in inputs]
     return Examples(inputs, labels, where, skipped)
 
 
 @FILE_READERS.register("chat")
 def read_chat(path: Path, dcfg, log=print) -> Examples:
-    """FILE_READERS entry for task sft: data.format, data.replace, data.on_bad_sample, data.text_column."""
-    return read_chat_file(path, dcfg.format, dcfg.replace, dcfg.on_bad_sample, dcfg.text_column or "text", log)
+    """FILE_READERS entry for task sft: data.format, data.replace, data.on_bad_sample, data.text_column, and
+    data.prompt_template / completion_template / label_names for labelled tables."""
+    templates = None if dcfg.prompt_template is None else RowTemplates(
+        dcfg.prompt_template, dcfg.completion_template, dcfg.label_column, dcfg.label_names)
+    return read_chat_file(path, dcfg.format, dcfg.replace, dcfg.on_bad_sample, dcfg.text_column or "text", log,
+                          templates)
 
 
 read_chat.suffixes = CHAT_SUFFIXES  # the split files read_split looks for (train.jsonl, dev.json, ...)
 
 
-def read_chat_files(paths: list[Path], dcfg, log=print) -> Examples:
-    """Several files as one split (e.g. identity.json + alpaca_en_demo.json), in the order given."""
-    parts = [read_chat(Path(p), dcfg, log) for p in paths]
-    kinds = {p.labels is None for p in parts}
-    if len(kinds) > 1:
-        raise DataError("cannot mix plain-text files with conversation files in one split; train them separately")
-    labels = None if kinds == {True} else [x for p in parts for x in p.labels]
-    return Examples([x for p in parts for x in p.inputs], labels, [x for p in parts for x in p.where],
-                    [x for p in parts for x in p.skipped])
+def read_prompts(path: Path) -> list[Conversation]:
+    """Conversations to answer (predict --chat): a JSONL file, each line {"messages": [...]} or a list of messages,
+    ending with a user turn."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--chat '{path}' does not exist")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {n}: invalid JSON ({e.msg}); each line must be one conversation") from None
+        try:
+            conv = _messages({"messages": value} if isinstance(value, list) else value, "messages")
+        except (BadRow, TypeError) as e:
+            msg = e if isinstance(e, BadRow) else "expected an object with \"messages\" or a list of messages"
+            raise DataError(f"{path} line {n}: {msg}") from None
+        if conv[-1]["role"] != "user":
+            raise DataError(f"{path} line {n}: the conversation ends with a {conv[-1]['role']} message; end it with "
+                            "the user message to answer")
+        out.append(conv)
+    if not out:
+        raise DataError(f"--chat '{path}' holds no conversation (one JSON line with \"messages\" each)")
+    return out

@@ -10,11 +10,18 @@ import numpy as np
 from tuneforge.data.examples import Examples
 
 
+def _text(x) -> str:
+    """A text, a text pair, or a conversation (a list of {role, content} messages: task sft) as one string."""
+    if isinstance(x, (tuple, list)):
+        return " ".join(m["content"] if isinstance(m, dict) else str(m) for m in x)
+    return str(x)
+
+
 def _digest(x, modality: str) -> str:
     if isinstance(x, np.ndarray):
         return hashlib.sha1(x.tobytes()).hexdigest()
     if modality == "text":
-        text = " ".join(x) if isinstance(x, (tuple, list)) else str(x)
+        text = _text(x)
         return hashlib.sha1(text.strip().lower().encode("utf-8", "surrogatepass")).hexdigest()
     try:  # an image path: hash the file content, so copies under other names are found too
         with open(x, "rb") as f:
@@ -34,7 +41,7 @@ def _sizes(ex: Examples, modality: str) -> dict:
     if modality == "audio":
         return {}  # durations, rates and clipping come from the decoder (the task's add_to_report)
     if modality == "text":
-        texts = [" ".join(x) if isinstance(x, (tuple, list)) else str(x) for x in ex.inputs]
+        texts = [_text(x) for x in ex.inputs]
         return {"text_words": _percentiles([len(t.split()) for t in texts]),
                 "text_chars": _percentiles([len(t) for t in texts])}
     from PIL import Image

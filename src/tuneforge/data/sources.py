@@ -131,10 +131,36 @@ def read_split(dcfg, modality: str, split: str, log=print, reader: Optional[str]
     # a reader for a special format says which file names it reads (CoNLL: train.txt, valid.txt, ...)
     suffixes = getattr(read, "suffixes", None) or ((".csv",) if is_image else TABLE_SUFFIXES)
     folders = getattr(read, "folders", is_image)  # split folders (train/, val/) as well as split files
+    if split == "train" and isinstance(dcfg.train, list):  # several files as one split, in the order given
+        return concat_examples([read(p, dcfg, log) for p in explicit_paths(dcfg, dcfg.train)])
     path = split_path(dcfg, split, folders=folders, suffixes=suffixes)
     if path is None:
         return None
     return read(path, dcfg, log)
+
+
+def explicit_paths(dcfg, given: list[str]) -> list[Path]:
+    """data.train as a list: each file must exist (relative paths from data.dir)."""
+    base = Path(dcfg.dir).expanduser() if dcfg.dir else None
+    paths = []
+    for name in given:
+        p = Path(name).expanduser()
+        p = p if p.is_absolute() or base is None else base / p
+        if not p.is_file():
+            raise DataError(f"data.train file '{p}' does not exist")
+        paths.append(p)
+    if not paths:
+        raise DataError("data.train is an empty list; give at least one file")
+    return paths
+
+
+def concat_examples(parts: list[Examples]) -> Examples:
+    """One split from several files' examples (labels: all given, or none at all)."""
+    if len({p.labels is None for p in parts}) > 1:
+        raise DataError("data.train: some files have labels and some do not; give files of one kind")
+    labels = None if parts[0].labels is None else [x for p in parts for x in p.labels]
+    return Examples([x for p in parts for x in p.inputs], labels, [x for p in parts for x in p.where],
+                    [x for p in parts for x in p.skipped])
 
 
 from tuneforge.data import audio_readers  # noqa: E402,F401  registers the "audio" and "audio_text" readers

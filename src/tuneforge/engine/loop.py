@@ -22,8 +22,8 @@ from tuneforge.engine.distributed import SINGLE, World, gather_rows, reduce_step
 from tuneforge.engine.guards import NanGuard, Rollback
 from tuneforge.engine.state import LoopState
 from tuneforge.metrics import scalars
-from tuneforge.utils import rss_mb
 from tuneforge.tasks.base import Built, Task
+from tuneforge.utils import rss_mb
 
 
 @dataclass
@@ -92,7 +92,8 @@ def forward_backward(task: Task, bundle, batch: dict, accelerator, grad_accum: i
     `share`: this rank's share of the global batch, when several processes train (data/sampling.py)."""
     outputs, batch = forward(task, bundle, batch, accelerator, train=True)
     loss = task.train_loss(outputs, batch)
-    accelerator.backward((loss if share is None else loss * share) / grad_accum)
+    with attention_backend(batch, accelerator.device):  # checkpointed blocks recompute with the forward's kernel
+        accelerator.backward((loss if share is None else loss * share) / grad_accum)
     return loss, batch
 
 
@@ -163,6 +164,13 @@ def _optimizer_step(c: Components, state: LoopState, loss: torch.Tensor) -> bool
     return True
 
 
+def batch_tokens(batch: dict) -> int:
+    """Real (not padding) tokens of a micro-batch; packed SFT rows have no attention mask: the collator counts."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch.get("num_tokens", 0))
+
+
 def _micro_step(c: Components, state: LoopState, batch: dict, sync: bool) -> torch.Tensor:
     """Forward and backward of one micro-batch (gradients all-reduced when `sync`); → the loss to log and
     guard. On several processes each rank's loss is weighed by its share of the global batch (data/sampling.py),
@@ -173,7 +181,7 @@ def _micro_step(c: Components, state: LoopState, batch: dict, sync: bool) -> tor
     with nullcontext() if sync else acc.no_sync(model):
         loss, batch = forward_backward(c.task, c.bundle, batch, acc, c.grad_accum, share)
     state.batch_in_epoch += 1
-    tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+    tokens = batch_tokens(batch)
     if share is not None:
         loss, tokens = reduce_step(acc, loss, share, tokens)
     state.samples_seen += len(batch["labels"]) if share is None else sampler.rows(i)

@@ -201,8 +201,10 @@ def apply_lora(bundle, lcfg, log=print) -> None:
     from peft import LoraConfig, get_peft_model
 
     head = head_module_name(bundle)
-    targets = lcfg.target_modules or _default_targets(bundle.model, head)
-    kind = {"sequence": "SEQ_CLS", "token": "TOKEN_CLS"}.get(bundle.head.kind)
+    # causal LMs (task sft): every linear projection (q, k, v, o, gate, up, down), the usual SFT choice
+    causal = bundle.head.kind == "causal_lm"
+    targets = lcfg.target_modules or ("all-linear" if causal else _default_targets(bundle.model, head))
+    kind = {"sequence": "SEQ_CLS", "token": "TOKEN_CLS", "causal_lm": "CAUSAL_LM"}.get(bundle.head.kind)
     is_hf = hasattr(bundle.model, "config") and hasattr(bundle.model.config, "model_type")
     config = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout, target_modules=targets,
                         modules_to_save=[head] if head else None, task_type=kind if is_hf else None)

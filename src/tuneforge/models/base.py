@@ -18,7 +18,7 @@ class HeadSpec:
 
     num_outputs: int
     labels: list[str]  # output names (class names, tags); empty for plain regression
-    kind: str = "sequence"  # sequence | token | encoder: picks the HF auto class
+    kind: str = "sequence"  # sequence | token | encoder | causal_lm: picks the HF auto class
     problem_type: Optional[str] = None  # HF problem_type (single_label_classification, regression, ...)
 
 
@@ -61,6 +61,10 @@ class ModelBundle:
 
     def use_first_token_shortcut(self) -> bool:
         """Run the last encoder layer for the first token only (sequence classifiers that read only it)."""
+        return False
+
+    def use_segment_attention(self) -> bool:
+        """Causal LMs on CPU: attention per packed example, not over the whole masked row."""
         return False
 
     def meta(self) -> dict:

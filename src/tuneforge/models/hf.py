@@ -21,6 +21,7 @@ AUTO_CLASSES = {
     "sequence": "AutoModelForSequenceClassification",
     "token": "AutoModelForTokenClassification",
     "encoder": "AutoModel",  # no head: wrapped by models/siamese.py
+    "causal_lm": "AutoModelForCausalLM",  # generative (task sft): the pretrained LM head, no new layers
 }
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -71,6 +72,11 @@ class HFBundle(ModelBundle):
             self.extra_meta["first_token_shortcut"] = True
         return self.first_token_shortcut
 
+    def use_segment_attention(self) -> bool:
+        from tuneforge.models.segment_attention import enable
+
+        return self.head.kind == "causal_lm" and not torch.cuda.is_available() and enable(self.model)
+
     def use_gradient_checkpointing(self) -> bool:
         if not getattr(self.model, "supports_gradient_checkpointing", False):
             return checkpoint_blocks(self.model)  # e.g. MPNet: transformers has no checkpointing for it
@@ -117,6 +123,8 @@ def _auto_class(head: HeadSpec):
 
 
 def _head_kwargs(head: HeadSpec) -> dict:
+    if head.kind == "causal_lm":
+        return {}  # the vocabulary is the output: no label count, no label names
     kw = {"num_labels": head.num_outputs}
     if head.labels:
         kw["id2label"] = dict(enumerate(head.labels))

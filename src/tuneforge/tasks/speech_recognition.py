@@ -109,7 +109,7 @@ class SpeechRecognition(Task):
     def transcribe(self, bundle: ModelBundle, input_features: torch.Tensor, **options) -> list[str]:
         t = self.cfg.task
         return bundle.transcribe(input_features, t.language, t.asr_task, options.get("num_beams") or t.num_beams,
-                                 options.get("max_new_tokens") or t.max_new_tokens)
+                                 options.get("max_new_tokens") or t.max_new_tokens or 128)
 
     def references(self, batch: dict) -> list[str]:
         ids = batch["labels"].clone()
