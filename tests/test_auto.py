@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import tuneforge
+from chaos_helpers import history
 from tuneforge.cli import main
 from tuneforge.config import ConfigError, explicit_keys, load_config, parse_duration
 from tuneforge.engine.optim import Horizon, create_scheduler
@@ -249,9 +250,7 @@ def test_budgeted_resume_is_bit_identical(text_recipe, tmp_path, monkeypatch):
     monkeypatch.setattr(time, "perf_counter", lambda: next(ticks) * 0.01)
     resumed = tuneforge.resume(tmp_path / "crash", quiet=True)
     assert resumed.summary["steps"] == horizon and resumed.summary["resumed_from_step"] == horizon // 2 // 10 * 10
-    strip = lambda d: [{k: v for k, v in json.loads(x).items() if k != "wall_seconds"}  # noqa: E731
-                       for x in (d / "metrics.jsonl").read_text().splitlines()]
-    assert strip(full.run_dir) == strip(resumed.run_dir)
+    assert history(full.run_dir) == history(resumed.run_dir)
     from safetensors.torch import load_file
 
     a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (full.run_dir, resumed.run_dir))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from chaos_helpers import history as same_history  # without wall-clock and memory fields
 import tuneforge
 from tuneforge.cli import main
 from tuneforge.config import validate
@@ -207,8 +208,7 @@ def test_resume_mid_epoch_is_bit_identical(env, tmp_path, crash_at):
     assert saved["train_state"]["batch_in_epoch"] == 2  # mid-epoch
     resumed = tuneforge.resume(tmp_path / "run", quiet=True)
     assert resumed.summary["resumed_from_step"] == 3
-    strip = [{k: v for k, v in rec.items() if k != "wall_seconds"} for rec in history(reference.run_dir)]
-    assert [{k: v for k, v in rec.items() if k != "wall_seconds"} for rec in history(resumed.run_dir)] == strip
+    assert same_history(resumed.run_dir) == same_history(reference.run_dir)
     a, b = load_file(reference.run_dir / "model" / "model.safetensors"), load_file(resumed.run_dir / "model" /
                                                                                      "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

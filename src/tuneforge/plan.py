@@ -44,7 +44,7 @@ def plan(recipe, overrides=None) -> dict:
         estimates = [estimate_phase(setup, phase, eval_pass) for phase in phases]
         measured_rss = peak_rss_mb()
     out = {"recipe": str(recipe) if not isinstance(recipe, dict) else "recipe", "data_report": lines,
-           "preset": setup.preset, "phases": estimates, "startup_seconds": round(startup, 1),
+           "preset": setup.preset, "phases": estimates, "startup_seconds": round(startup, 3),
            "strategies": strategies_summary(setup, phases), "precision": setup.precision, "threads": setup.threads}
     out["time"] = total_time(setup, estimates, eval_pass, startup)
     out["memory"] = memory_estimate(setup, estimates, measured_rss)
@@ -120,9 +120,9 @@ def timed_phase(setup, phase: Phase, ptc, steps: int, eval_pass: dict) -> dict:
     evals = evaluations(setup.cfg, steps, steps_per_epoch(setup.train_loader, tc.grad_accum))
     eval_s, eval_error = evals * eval_pass["seconds"], evals * eval_pass["error"]
     return {"seconds_per_step": round(est.per_step, 4), "relative_error": round(est.relative_error, 4),
-            "measured_steps": est.measured, "seconds_per_epoch": round(epoch, 1),
-            "epoch_error": round(epoch_error, 1), "train_seconds": round(train_s, 1), "evaluations": evals,
-            "eval_seconds": round(eval_s, 1),
+            "measured_steps": est.measured, "seconds_per_epoch": round(epoch, 3),
+            "epoch_error": round(epoch_error, 3), "train_seconds": round(train_s, 3), "evaluations": evals,
+            "eval_seconds": round(eval_s, 3),
             "lr_find_seconds": round(LR_FIND_STEPS * est.per_step, 1) if tc.lr == "auto" else 0.0,
             "seconds": round(train_s + eval_s, 1), "error": round(math.hypot(train_error, eval_error), 1)}
 
@@ -134,7 +134,7 @@ def cached_phase(setup, head: str, ptc, eval_pass: dict, steps: int, per_epoch: 
     features = eval_pass["seconds"] * rows / max(len(setup.val_built.dataset), 1)
     hit = _cache_holds(setup, head)
     head_step = _time_head_steps(setup, head, ptc)
-    return {"feature_seconds": 0.0 if hit else round(features, 1), "feature_cache_hit": hit,
+    return {"feature_seconds": 0.0 if hit else round(features, 3), "feature_cache_hit": hit,
             "seconds_per_step": round(head_step, 5), "train_seconds": round(steps * head_step, 1),
             "seconds": round((0.0 if hit else features) + steps * head_step, 1),
             "error": 0.0 if hit else round(eval_pass["error"] * rows / max(len(setup.val_built.dataset), 1), 1),
@@ -195,8 +195,8 @@ def total_time(setup, phases: list[dict], eval_pass: dict, startup: float) -> di
     training = sum(p["seconds"] + p.get("lr_find_seconds", 0.0) for p in phases)
     error = math.sqrt(sum(p["error"] ** 2 for p in phases) + (end_passes * eval_pass["error"]) ** 2)
     total = startup + training + end
-    out = {"startup_seconds": round(startup, 1), "training_seconds": round(training, 1), "end_seconds": round(end, 1),
-           "total_seconds": round(total, 1), "error_seconds": round(error, 1),
+    out = {"startup_seconds": round(startup, 3), "training_seconds": round(training, 3), "end_seconds": round(end, 3),
+           "total_seconds": round(total, 3), "error_seconds": round(error, 3),
            "relative_error": round(error / max(total, 1e-9), 3)}
     if cfg.train.time_budget:
         out["time_budget_seconds"] = cfg.train.time_budget

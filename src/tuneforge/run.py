@@ -46,8 +46,9 @@ from tuneforge.presets import apply_preset
 from tuneforge.tasks import Task, create_task
 from tuneforge.tasks.base import Built
 from tuneforge.trackers import create_trackers, require_packages
-from tuneforge.utils import (RunLog, SilentLog, atomic_write_text, console, count_params, peak_device_memory_mb, peak_rss_mb,
-                             resolve_precision, rss_mb, seed_everything, set_threads)
+from tuneforge.utils import (RunLog, SilentLog, atomic_write_text, console, count_params, loader_workers,
+                             peak_device_memory_mb, peak_rss_mb, resolve_precision, rss_mb, seed_everything,
+                             set_threads)
 
 
 @dataclass
@@ -228,9 +229,9 @@ def prepare(cfg: Config, log) -> Setup:
     tc, data = cfg.train, cfg.data
     if world.distributed:  # the model (LoRA included) is built the same on every rank; from here each has its RNG
         seed_everything(dist.rank_seed(tc.seed, world))
-    train_loader = make_loader(built["train"], tc.batch_size, True, tc.seed, data.num_workers, data.group_by_length,
-                               world)
-    val_loader = make_loader(built["val"], cfg.eval_batch_size, False, tc.seed, data.num_workers, world=world)
+    workers = loader_workers(data.num_workers, log)
+    train_loader = make_loader(built["train"], tc.batch_size, True, tc.seed, workers, data.group_by_length, world)
+    val_loader = make_loader(built["val"], cfg.eval_batch_size, False, tc.seed, workers, world=world)
     return Setup(cfg, task, bundle, accelerator, precision, threads, train_ex, val_ex, test_ex, report,
                  built["train"], built["val"], built.get("test"), train_loader, val_loader, speed, checkpointing,
                  world, strategy, preset)
@@ -475,8 +476,8 @@ def finish(setup: Setup, training: Training, state: LoopState, log) -> tuple[dic
         task.finalize()  # what was tuned on validation (thresholds) is fixed from here on, test included
         test = None
         if setup.test_built is not None:  # an optional test split under data.dir: evaluated once, kept model
-            loader = make_loader(setup.test_built, cfg.eval_batch_size, False, cfg.train.seed, cfg.data.num_workers,
-                                 world=world)
+            loader = make_loader(setup.test_built, cfg.eval_batch_size, False, cfg.train.seed,
+                                 setup.train_loader.num_workers, world=world)
             test = evaluate(bundle, task, loader, accelerator)
             log("test: " + " ".join(f"{k} {v:.4f}" for k, v in scalars(test).items() if k != "samples"))
     if not world.main:

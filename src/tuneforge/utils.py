@@ -65,6 +65,16 @@ def set_threads(threads: Optional[int]) -> int:
     return n
 
 
+def loader_workers(requested: int, log=print) -> int:
+    """data.num_workers, at most one worker process per CPU core this process may use: more only compete for the
+    same cores (and each holds a copy of the dataset)."""
+    cores = len(os.sched_getaffinity(0))
+    if requested > cores:
+        log(f"data.num_workers: {requested} requested, {cores} used (one per CPU core available)")
+        return cores
+    return requested
+
+
 def cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()

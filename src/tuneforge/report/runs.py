@@ -89,7 +89,14 @@ def load_run(path: str | Path) -> RunFiles:
 
 def attach_predictions(run: RunFiles, compute: bool = True) -> None:
     """Reads RUN/predictions/val.jsonl, writing it first (with the kept model) when it is absent."""
+    from tuneforge.tasks import TASKS
+
     path = run.path / PREDICTIONS_FILE
+    task = TASKS.get(run.task) if run.task in TASKS else None
+    if task is not None and not task.report_predictions and not path.is_file():
+        run.predictions_note = (f"no validation predictions: task {run.task} generates answers, which is costly; "
+                                "see generations.jsonl (sampled validation prompts, before and after training)")
+        return
     if not path.is_file():
         if not (run.path / "model").is_dir():
             run.predictions_note = "no validation predictions: the run has no model/ folder yet (unfinished)"

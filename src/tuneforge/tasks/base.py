@@ -31,6 +31,8 @@ class Task:
     metric_names: tuple[str, ...] = ("loss",)  # scalars new_metrics().compute() returns (eval.metric choices)
     minimize = ("loss", "mse", "mae", "rmse")  # metrics where lower is better
     file_reader: Optional[str] = None  # FILE_READERS name; None: the model's modality
+    # the HTML report predicts the whole validation split with the kept model (False: too costly, e.g. generation)
+    report_predictions = True
 
     def __init__(self, cfg, log=print):
         self.cfg, self.log = cfg, log

@@ -113,6 +113,7 @@ def spread(n: int, k: int) -> list[int]:
 
 @TASKS.register("sft")
 class SFT(Task):
+    report_predictions = False  # answers to the sampled validation prompts are in generations.jsonl
     name = "sft"
     file_reader = "chat"
     default_metric = "loss"
