@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from tuneforge.data.audio import audio_library
 from tuneforge.data.audio_dataset import IGNORE_INDEX
 from tuneforge.data.examples import Examples
 from tuneforge.data.report import _percentiles
@@ -39,6 +40,10 @@ class SpeechRecognition(Task):
 
     def head_spec(self) -> HeadSpec:
         return HeadSpec(0, [], SEQ2SEQ)
+
+    def check_recipe(self) -> None:
+        super().check_recipe()
+        audio_library("jiwer")  # WER / CER: a missing package is one line before anything runs
 
     def fit_labels(self, train: Examples, val: Examples) -> None:
         self.transcripts = {"train": list(train.labels), "val": list(val.labels)}
