@@ -201,3 +201,19 @@ def image_recipe(image_data_dir):
         return _merge(base, updates)
 
     return make
+
+
+@pytest.fixture
+def crash_at(monkeypatch):
+    """crash_at("step:6") → the next training raises KeyboardInterrupt there (a stand-in for a crash);
+    crash_at(spec, action) for another chaos action; crash_at(None) disarms."""
+    from tuneforge.engine import chaos
+
+    def arm(spec: str | None, action: str = "interrupt") -> None:
+        chaos.reset()
+        if spec:
+            monkeypatch.setenv(chaos.ENV, f"{spec}:{action}")
+        else:
+            monkeypatch.delenv(chaos.ENV, raising=False)
+    yield arm
+    chaos.reset()

@@ -36,16 +36,6 @@ def write_recipe(path: Path, recipe: dict) -> Path:
     return path
 
 
-@pytest.fixture
-def crash_at(monkeypatch):
-    def arm(spec: str | None, action: str = "interrupt") -> None:
-        chaos.reset()
-        if spec:
-            monkeypatch.setenv(chaos.ENV, f"{spec}:{action}")
-        else:
-            monkeypatch.delenv(chaos.ENV, raising=False)
-    yield arm
-    chaos.reset()
 
 
 

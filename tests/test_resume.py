@@ -22,17 +22,6 @@ from tuneforge.tasks.classification import Classification
 SHORT = {"train": {"max_steps": 12, "batch_size": 16}, "eval": {"every_steps": 4}, "output": {"keep_checkpoints": 2}}
 
 
-@pytest.fixture
-def crash_at(monkeypatch):
-    """crash_at("step:6") → the next training raises KeyboardInterrupt there (a stand-in for a crash)."""
-    def arm(spec: str | None) -> None:
-        chaos.reset()
-        if spec:
-            monkeypatch.setenv(chaos.ENV, f"{spec}:interrupt")
-        else:
-            monkeypatch.delenv(chaos.ENV, raising=False)
-    yield arm
-    chaos.reset()
 
 
 

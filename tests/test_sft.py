@@ -17,7 +17,6 @@ from tuneforge.cli import main
 from tuneforge.config import validate
 from tuneforge.data.chat import read_chat
 from tuneforge.data.sft import encode_chat
-from tuneforge.engine import chaos
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.models import causal_lm
 from tuneforge.models.causal_lm import linear_cross_entropy, selective_loss_matches, trained_token_loss
@@ -179,16 +178,6 @@ def test_prompt_flag_needs_a_generative_run(tmp_path, text_recipe, capsys):
 # ---------------------------------------------------------------- resume
 
 
-@pytest.fixture
-def crash_at(monkeypatch):
-    def arm(spec):
-        chaos.reset()
-        if spec:
-            monkeypatch.setenv(chaos.ENV, f"{spec}:interrupt")
-        else:
-            monkeypatch.delenv(chaos.ENV, raising=False)
-    yield arm
-    chaos.reset()
 
 
 def test_resume_mid_epoch_is_bit_identical(env, tmp_path, crash_at):

@@ -20,7 +20,6 @@ import speech_helpers as sh  # noqa: E402
 from chaos_helpers import history  # noqa: E402
 from tuneforge.cli import main  # noqa: E402
 from tuneforge.config import load_config  # noqa: E402
-from tuneforge.engine import chaos  # noqa: E402
 from tuneforge.errors import ConfigError, DataError  # noqa: E402
 from tuneforge.predict import Predictor  # noqa: E402
 from tuneforge.run import resume, train  # noqa: E402
@@ -237,16 +236,6 @@ def test_asr_needs_a_speech_to_text_model(assets, tmp_path):
 # ------------------------------------------------------------------ resume and augmentation
 
 
-@pytest.fixture
-def crash_at(monkeypatch):
-    def arm(spec):
-        chaos.reset()
-        if spec:
-            monkeypatch.setenv(chaos.ENV, f"{spec}:interrupt")
-        else:
-            monkeypatch.delenv(chaos.ENV, raising=False)
-    yield arm
-    chaos.reset()
 
 
 def test_augmented_audio_resumes_mid_epoch_bit_identical(assets, tmp_path, crash_at):

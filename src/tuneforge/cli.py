@@ -13,6 +13,12 @@ from pathlib import Path
 from tuneforge.errors import TuneforgeError
 
 
+def one_line(message: str) -> str:
+    """An error is one line: control characters a user value brought in (a newline in a recipe key's value, a tab)
+    are shown escaped, as in Python strings."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pretrained models on your own data.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -380,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
          "predict": _cmd_predict, "install-model": _cmd_install_model, "report": _cmd_report,
          "sweep": _cmd_sweep, "export": _cmd_export, "serve": _cmd_serve}[args.command](args)
     except TuneforgeError as e:
-        print(f"tuneforge: error: {e}", file=sys.stderr)
+        print(f"tuneforge: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # a path argument the OS cannot even look up (every command checks its paths with it)
         if e.errno != errno.ENAMETOOLONG:

@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from tuneforge.config import validate
-from tuneforge.data.examples import Examples
-from tuneforge.engine.loop import make_loader
 from tuneforge.errors import ConfigError, ModelError, TuneforgeError
+from tuneforge.export_parity import batches_of, check_parity, format_table, logits_close, pair_arity, parity_inputs
 from tuneforge.models import load_saved_model
 from tuneforge.models.base import ModelBundle, write_json
 from tuneforge.onnx_bundle import EXPORT_SUBDIR, META_FILE, MODEL_FILES
@@ -131,15 +130,6 @@ def load_run(run_dir: str | Path, log) -> Loaded:
     return Loaded(bundle, task, cfg, meta, Path(run_dir))
 
 
-def batches_of(run: Loaded, inputs: list, batch_size: int) -> tuple[Examples, list[dict], list[int]]:
-    """Raw inputs → (examples, the predict loader's batches, row order), exactly as Predictor builds them."""
-    ex = Examples(list(inputs), None, [f"input #{i + 1}" for i in range(len(inputs))])
-    built = run.task.build(ex, run.bundle, "predict")
-    loader = make_loader(built, batch_size, False, run.cfg.train.seed)
-    order = [i for batch in loader.batch_sampler.batches() for i in batch]
-    return ex, list(loader), order
-
-
 def _dynamic_axes(spec: ExportSpec) -> dict:
     return {name: {i: a for i, a in enumerate(axes) if a} for name, axes in {**spec.inputs, **spec.outputs}.items()}
 
@@ -170,7 +160,6 @@ def export_graph(run: Loaded, spec: ExportSpec, sample: dict, path: Path, opset:
                  ) -> tuple[str, list[dict]]:
     """Try each exporter; keep the first graph that runs in onnxruntime and matches PyTorch on the sample batch.
     → (exporter used, attempts with their errors)."""
-    from tuneforge.export_parity import logits_close
     from tuneforge.onnx_bundle import OrtModule
 
     missing = [k for k in spec.inputs if k not in sample]
@@ -233,11 +222,6 @@ def _finish_output(tmp: Path, out: Path) -> None:
     tmp.rename(out)
 
 
-def pair_arity(run: Loaded) -> int:
-    """Texts per example: 2 for sentence-pair models, 1 for single texts; 1 image for image models."""
-    return 2 if run.bundle.modality == "text" and run.task.state().get("pairs") else 1
-
-
 def write_side_files(run: Loaded, spec: ExportSpec, out: Path) -> None:
     """Everything besides the graph that a runtime needs: preprocessing, labels, task state, loadable meta."""
     b, cfg = run.bundle, run.cfg
@@ -262,7 +246,6 @@ def export_onnx(run_dir: str | Path, output: Optional[str | Path] = None, quanti
                 opset: Optional[int] = None, exporter: str = "auto", max_rows: int = 256, log=print) -> dict:
     """Export RUN's kept model; check parity on validation rows; → the manifest (also written to manifest.json).
     Raises a one-line TuneforgeError when fp32 onnxruntime disagrees with PyTorch."""
-    from tuneforge.export_parity import check_parity, parity_inputs
 
     if quantize not in (None, "dynamic"):
         raise ConfigError(f"--quantize '{quantize}' is not supported; use --quantize dynamic")
@@ -328,7 +311,6 @@ def build_manifest(run: Loaded, spec: ExportSpec, out: Path, opset: int, exporte
 
 def run_export_cli(a) -> None:
     """`tuneforge export`: progress on stderr; the parity table and where the export went on stdout."""
-    from tuneforge.export_parity import format_table
 
     if a.format != "onnx":
         raise TuneforgeError(f"--format {a.format} is not supported; use --format onnx")

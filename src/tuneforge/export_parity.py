@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tuneforge.data.examples import sample
+from tuneforge.data.examples import Examples, sample
+from tuneforge.engine.loop import make_loader
 from tuneforge.errors import ModelError, TuneforgeError
 from tuneforge.models.vision import VisionBundle
 from tuneforge.onnx_bundle import MODEL_FILES, OrtModule
@@ -29,6 +30,20 @@ from tuneforge.onnx_bundle import MODEL_FILES, OrtModule
 RELATIVE_TOLERANCE = 1e-4
 SYNTHETIC_ROWS = 32
 DECISION_KEYS = ("label", "labels", "tags")  # what predict decides, per task (regression has none)
+
+
+def pair_arity(run) -> int:
+    """Texts per example: 2 for sentence-pair models, 1 for single texts; 1 image for image models."""
+    return 2 if run.bundle.modality == "text" and run.task.state().get("pairs") else 1
+
+
+def batches_of(run, inputs: list, batch_size: int) -> tuple[Examples, list[dict], list[int]]:
+    """Raw inputs → (examples, the predict loader's batches, row order), exactly as Predictor builds them."""
+    ex = Examples(list(inputs), None, [f"input #{i + 1}" for i in range(len(inputs))])
+    built = run.task.build(ex, run.bundle, "predict")
+    loader = make_loader(built, batch_size, False, run.cfg.train.seed)
+    order = [i for batch in loader.batch_sampler.batches() for i in batch]
+    return ex, list(loader), order
 
 
 def tolerance(expected: torch.Tensor) -> float:
@@ -54,7 +69,6 @@ def synthetic_inputs(run, n: int = SYNTHETIC_ROWS) -> list:
     def text() -> str:
         return " ".join(rng.choice(words) for _ in range(rng.randint(2, 24)))
 
-    from tuneforge.export import pair_arity
 
     return [(text(), text()) if pair_arity(run) == 2 else text() for _ in range(n)]
 
@@ -115,7 +129,6 @@ def _backends(run, out: Path) -> dict:
 
 def check_parity(run, inputs: list, out: Path, log) -> dict:
     """Run every backend on the same batches; raise when fp32 onnxruntime is off tolerance or disagrees."""
-    from tuneforge.export import batches_of
 
     batch_size = run.cfg.eval.batch_size or 2 * run.cfg.train.batch_size
     ex, batches, order = batches_of(run, inputs, batch_size)
