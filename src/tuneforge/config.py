@@ -256,7 +256,7 @@ class TrainConfig(_Section):
     ema: Optional[float] = Field(None, gt=0.0, lt=1.0)  # EMA decay of weights used for eval and the kept model
     feature_cache: bool = True  # frozen backbone + deterministic inputs: compute features once, train the head
     channels_last: bool = True  # image models: NHWC memory format (faster convolutions on CPU and GPU)
-    # BERT-style sequence classifiers: the last layer runs for the first token only (exact; ~13% fewer FLOPs at 6 layers)
+    # BERT-style sequence classifiers: the last layer runs for the first token only (exact; ~13% fewer FLOPs, 6 layers)
     first_token_shortcut: bool = True
     # causal LMs on CPU (task sft): attention computed per packed example instead of over the whole masked row
     # (exact; models/segment_attention.py)
@@ -510,7 +510,7 @@ def load_config(recipe: str | Path | dict, overrides: dict[str, Any] | list[str]
     if overrides:
         raw = apply_overrides(raw, overrides)
     if isinstance(raw, dict) and raw.get("preset") == "auto":
-        from tuneforge.presets import fill_recipe  # the model by modality, the label column, when not given
+        from tuneforge.recipe_defaults import fill_recipe  # the model by modality, the label column, if not given
 
         raw = fill_recipe(raw)
     cfg = validate(raw, source)
