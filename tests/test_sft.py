@@ -17,6 +17,7 @@ from tuneforge.cli import main
 from tuneforge.config import validate
 from tuneforge.data.chat import read_chat
 from tuneforge.data.sft import encode_chat
+from tuneforge.data.sources import read_split
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.models import causal_lm
 from tuneforge.models.causal_lm import linear_cross_entropy, selective_loss_matches, trained_token_loss
@@ -303,12 +304,29 @@ def test_labelled_table_becomes_instructions_and_train_takes_a_list(tmp_path):
     bad = cfg.data.model_copy(update={"prompt_template": "{review}"})
     with pytest.raises(DataError, match=r"a.tsv line 2: data.prompt_template field \{review\} is not a column"):
         read_chat(tmp_path / "a.tsv", bad)
-    from tuneforge.data.sources import read_split
-
     both = validate({"task": "sft", "model": "toy", "data": {"dir": str(tmp_path), "train": ["b.jsonl", "b.jsonl"]}})
     assert len(read_split(both.data, "text", "train", print, "chat")) == 2
     with pytest.raises(ConfigError, match="cannot be combined with data.format: alpaca"):
         validate({"task": "sft", "model": "toy", "data": {"train": "x", "prompt_template": "{a}", "format": "alpaca"}})
+
+
+def test_train_repeat_upsamples_one_file_after_the_validation_split(tmp_path):
+    from tuneforge.data.sources import repeat_files
+
+    write_jsonl(tmp_path / "small.jsonl", [{"instruction": f"Who {i}?", "output": "Forge"} for i in range(4)])
+    write_jsonl(tmp_path / "big.jsonl", [{"instruction": f"Q {i}", "output": "A"} for i in range(6)])
+    cfg = validate({"task": "sft", "model": "toy", "data": {
+        "dir": str(tmp_path), "train": ["small.jsonl", "big.jsonl"], "train_repeat": {"small.jsonl": 3}}})
+    train = read_split(cfg.data, "text", "train", print, "chat")
+    repeated = repeat_files(train.subset([0, 1, 5]), cfg.data, print)  # rows 0, 1 of small, one row of big
+    assert [w.split("/")[-1] for w in repeated.where] == ["small.jsonl line 1"] * 3 + ["small.jsonl line 2"] * 3 + [
+        "big.jsonl line 2"]
+    wrong = cfg.data.model_copy(update={"train_repeat": {"other.jsonl": 2}})
+    with pytest.raises(ConfigError, match="data.train_repeat names 'other.jsonl', which is not in data.train"):
+        repeat_files(train, wrong, print)
+    zero = cfg.data.model_copy(update={"train_repeat": {"small.jsonl": 0}})
+    with pytest.raises(ConfigError, match="data.train_repeat.small.jsonl is 0"):
+        repeat_files(train, zero, print)
 
 
 def test_generation_metric_needs_generation_samples(env):

@@ -155,6 +155,9 @@ class DataConfig(_Section):
     # file or folder, or a list of files read as one split (e.g. identity + general chat data); relative paths
     # are taken from data.dir
     train: Union[PathStr, list[PathStr], None] = None
+    # upsampling: the rows of these data.train files are repeated N times in the training split (taken after
+    # the validation split, so no copy reaches validation), e.g. {identity.json: 8} next to a large general set
+    train_repeat: dict[str, int] = Field(default_factory=dict)
     val: Optional[PathStr] = None
     # a labelled split evaluated once with the kept model: None = a test.* file under data.dir if it has labels
     # (an unlabelled one, e.g. GLUE's test.tsv, is skipped with a log line); false = none; or a path

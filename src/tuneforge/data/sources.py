@@ -10,7 +10,7 @@ from tuneforge.data.examples import Examples
 from tuneforge.data.images import IMAGE_SUFFIXES, list_image_folder, sklearn_digits
 from tuneforge.data.tables import (SPLIT_NAMES, TABLE_SUFFIXES, check_text, find_split_file, guess_text_columns,
                                    read_table, require_columns)
-from tuneforge.errors import DataError
+from tuneforge.errors import ConfigError, DataError
 from tuneforge.registry import Registry
 
 # A built-in source: `fn(data_cfg) -> Examples` (the train pool; val comes from a seeded split).
@@ -152,6 +152,25 @@ def explicit_paths(dcfg, given: list[str]) -> list[Path]:
     if not paths:
         raise DataError("data.train is an empty list; give at least one file")
     return paths
+
+
+def repeat_files(train: Examples, dcfg, log=print) -> Examples:
+    """data.train_repeat: the rows read from each named data.train file, N times each (upsampling a small set)."""
+    if not dcfg.train_repeat:
+        return train
+    given = dcfg.train if isinstance(dcfg.train, list) else [dcfg.train]
+    times = {}
+    for name, n in dcfg.train_repeat.items():
+        if name not in given:
+            raise ConfigError(f"data.train_repeat names '{name}', which is not in data.train "
+                              f"({', '.join(map(str, given))}); use one of those names")
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"data.train_repeat.{name} is {n!r}; give a whole number of copies, 1 or more")
+        times[f"{explicit_paths(dcfg, [name])[0]} "] = n
+    counts = [next((n for prefix, n in times.items() if w.startswith(prefix)), 1) for w in train.where]
+    log(f"data: data.train_repeat: {sum(counts) - len(counts)} extra copies of "
+        f"{sum(c > 1 for c in counts)} training rows ({len(train)} → {sum(counts)} rows)")
+    return train.subset([i for i, c in enumerate(counts) for _ in range(c)])
 
 
 def concat_examples(parts: list[Examples]) -> Examples:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from tuneforge.data.examples import Built, Examples, sample, split, split_by_name  # noqa: F401 (Built: re-exported)
-from tuneforge.data.sources import read_split
+from tuneforge.data.sources import read_split, repeat_files
 from tuneforge.errors import ConfigError, DataError, MissingLabelsError
 from tuneforge.losses import LOSSES
 from tuneforge.models.base import HeadSpec, ModelBundle
@@ -73,7 +73,7 @@ class Task:
             train, val = split(train, d.val_split, seed, stratify=self.stratify_key(train))
             self.log(f"data: no validation set given; split off {len(val)} of {len(train) + len(val)} "
                      f"examples (data.val_split={d.val_split}, seed {seed})")
-        train = sample(train, d.max_train_samples, seed)
+        train = repeat_files(sample(train, d.max_train_samples, seed), d, self.log)
         val = sample(val, d.max_val_samples, seed)
         for name, ex in (("train", train), ("val", val)):
             if len(ex) == 0:
