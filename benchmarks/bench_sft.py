@@ -2,6 +2,7 @@
 
     python benchmarks/bench_sft.py identity --data ../shared/data/sft     # sft_identity.json
     python benchmarks/bench_sft.py sst2 --data ../shared/data/sst2        # sft_sst2.json
+    python benchmarks/bench_sft.py sst2 --data ../shared/data/sst2 --budget 1800  # sft_sst2_budget.json
     python benchmarks/bench_sft.py zh --data ../shared/data/sft           # sft_zh.json
     python benchmarks/bench_sft.py first-step --data ../shared/data/sft   # sft_first_step.json
 
@@ -13,6 +14,8 @@ sst2: recipes/sft_sst2.yaml (8k training rows as "positive" / "negative" instruc
   then recipes/sst2.yaml (minilm-l6 classifier, full train set) given the same training time, counted in CPU
   seconds of the one-thread process (its max_steps set from a 40-step calibration run): on a shared machine the
   wall clocks of two runs at different times are not comparable.
+sst2 --budget S: both recipes at the same time, one thread each, each with train.time_budget=S (the same wall-clock
+  budget on the same machine at the same moment); the minilm classifier trains on the full train set.
 zh: recipes/sft_zh.yaml (Chinese Alpaca, 10 % held out, a fixed token budget): held-out loss base vs after.
 first-step: seconds from launching `tuneforge train recipes/sft_identity.yaml` to the end of the first optimizer
   step, with an empty TUNEFORGE_CACHE (the one-time GGUF conversion and tokenization included) and then cached.
@@ -195,6 +198,8 @@ def cpu_clock():
 
 
 def sst2(a) -> None:
+    if a.budget:
+        return sst2_budget(a)
     work = workdir(a, "sst2")
     sft_clock, calibration, cls_clock = cpu_clock(), cpu_clock(), cpu_clock()
     sft = train("sft_sst2.yaml", [f"data.dir={a.data}", *a.set], work / "sft", callbacks=(sft_clock,))
@@ -216,6 +221,33 @@ def sst2(a) -> None:
         "minilm_classifier": {"recipe": "recipes/sst2.yaml", "max_steps_for_equal_cpu_time": steps,
                               "training_cpu_seconds": cls_clock.seconds,
                               "dev_accuracy": cls["eval"]["accuracy"], **{k: cls[k] for k in keep}}})
+
+
+def sst2_budget(a) -> None:
+    """--budget S: both recipes at once, one process and one thread each, with the same train.time_budget (the
+    same wall-clock budget, side by side on the same machine)."""
+    work = workdir(a, "sst2_budget")
+    runs = {"sft": ("sft_sst2.yaml", []), "minilm": ("sst2.yaml", [])}
+    procs = {}
+    for name, (recipe, extra) in runs.items():
+        sets = [f"data.dir={a.data}", f"train.time_budget={a.budget}", "train.threads=1", *extra, *a.set]
+        cmd = [sys.executable, "-m", "tuneforge", "train", str(ROOT / "recipes" / recipe), "--output",
+               str(work / name), "--overwrite", "--quiet"] + [x for v in sets for x in ("--set", v)]
+        procs[name] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.log", "w")),
+                       time.perf_counter(), sets)
+    out = {}
+    for name, (proc, started, sets) in procs.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"{name} failed: see {work / name}.log")
+        s = json.loads((work / name / "summary.json").read_text())
+        ev = s["eval"]
+        out[name] = {"recipe": runs[name][0], "overrides": sets, "wall_seconds": round(time.perf_counter() - started, 1),
+                     "dev_accuracy": ev.get("exact_match", ev.get("accuracy")),
+                     **{k: s.get(k) for k in ("train_seconds", "eval_seconds", "steps", "epochs", "samples_seen",
+                                              "peak_rss_mb", "stop_reason", "time_budget")}}
+        print(name, out[name]["dev_accuracy"], out[name]["wall_seconds"], "s", flush=True)
+    save("sst2_budget", {"command": f"python benchmarks/bench_sft.py sst2 --data ../shared/data/sst2 --budget {a.budget}",
+                         "budget_seconds": a.budget, **out})
 
 
 # ---------------------------------------------------------------- Chinese
@@ -293,6 +325,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra recipe overrides")
     p.add_argument("--heldout", type=int, default=60, help="identity: Alpaca rows held out")
     p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--budget", type=float, help="sst2: run both side by side with this train.time_budget (s)")
     p.add_argument("--work", help="work folder; running the same command again resumes an interrupted run there")
     a = p.parse_args()
     a.data = str(Path(a.data).resolve())
