@@ -3,7 +3,7 @@
 Each trial is a normal run folder DIR/trial-NNN trained by `tuneforge.run.train`. The sampler is TPE, seeded
 (the seed is offset by the trials already in the study, so a resumed sweep does not replay its first proposals).
 The pruner is Optuna's MedianPruner fed by every evaluation: a trial stops once its best value so far is worse than
-the median of earlier trials at the same point. Median rather than successive halving / ASHA: a sweep here has
+the median of earlier trials at the same point, from its second evaluation on. Median rather than successive halving / ASHA: a sweep here has
 tens of trials with a handful of evaluations each, and ASHA's rungs only pay off with many trials and geometric
 budgets; the median rule needs no budget settings and never stops the first 3 trials.
 
@@ -119,6 +119,9 @@ def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
 # ---------------------------------------------------------------- trials
 
 
+FIRST_PRUNABLE_EVAL = 2
+
+
 class PruneOnEval(Callback):
     """Reports every evaluation to the trial; stops the run once the pruner says so. `by_eval`: report at the
     evaluation's number instead of its step (steps differ in meaning when batch sizes are swept)."""
@@ -134,7 +137,8 @@ class PruneOnEval(Callback):
         if value is None or not math.isfinite(value):
             return
         self.trial.report(float(value), self.evals if self.by_eval else record["step"])
-        if self.pruned or self.trial.should_prune():
+        # never at a trial's first evaluation: runs with a longer LR warm-up are still behind there
+        if self.pruned or (self.evals >= FIRST_PRUNABLE_EVAL and self.trial.should_prune()):
             self.pruned = True  # later phases (head_epochs) stop at once too
             state.should_stop, state.stop_reason = True, PRUNED_REASON
 
