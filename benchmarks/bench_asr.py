@@ -6,6 +6,7 @@ WER, sample transcripts, the time per epoch with the full (30-s) vs trimmed enco
   python benchmarks/bench_asr.py --data /tmp/fsdd_asr --parts zero_shot,sections   # a subset
 
 Parts: zero_shot (the base model on val, full and trimmed window), finetune (recipes/fsdd_asr.yaml, trimmed),
+finetune_by_window (the same recipe for --epochs with each window: accuracy and time, trimmed vs full),
 epoch_time (a few training steps with each window, extrapolated to one epoch), sections (timed feature
 extraction, encoder forward+backward, decoder forward+backward, greedy decoding, one batch, each window).
 WER is the task's (metrics.normalize_transcript); `wer_digits_as_words` also spells out numerals ("3" → "three"),
@@ -17,6 +18,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -63,12 +65,12 @@ def zero_shot(data: Path, threads: int, window: dict) -> dict:
             "seconds": round(time.perf_counter() - t, 1)}
 
 
-def finetune(data: Path, threads: int, out: Path, epochs: float) -> dict:
+def finetune(data: Path, threads: int, out: Path, epochs: float, window: Optional[dict] = None) -> dict:
     from tuneforge.run import train
 
     t = time.perf_counter()
-    r = train(str(RECIPE), overrides(data, threads, {"train.epochs": epochs}), output=str(out), overwrite=True,
-              quiet=True)
+    r = train(str(RECIPE), overrides(data, threads, {**(window or {}), "train.epochs": epochs}), output=str(out),
+              overwrite=True, quiet=True)
     history = [json.loads(x) for x in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
     s = r.summary
     return {"wer_final": history[-1]["metrics"]["wer"], "cer_final": history[-1]["metrics"]["cer"],
@@ -155,6 +157,8 @@ def main() -> None:
     todo = {
         "zero_shot": lambda: {k: zero_shot(a.data, a.threads, w) for k, w in windows.items()},
         "finetune": lambda: finetune(a.data, a.threads, a.work / "finetune", a.epochs),
+        "finetune_by_window": lambda: {k: finetune(a.data, a.threads, a.work / f"finetune_{k}", a.epochs, w)
+                                       for k, w in windows.items()},
         "epoch_time": lambda: {k: epoch_time(a.data, a.threads, a.work / f"time_{k}", w, a.steps)
                                for k, w in windows.items()},
         "sections": lambda: {k: sections(a.data, a.threads, w, a.batch) for k, w in windows.items()},
