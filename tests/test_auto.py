@@ -272,11 +272,48 @@ def test_plan_estimates_without_training_or_writing(text_recipe, tmp_path, monke
     assert phase["steps"] == 2 and phase["seconds_per_epoch"] > 0 and phase["measured_steps"] >= 1
     assert p["time"]["total_seconds"] >= p["time"]["startup_seconds"] > 0 and p["memory"]["peak_rss_mb"] > 100
     assert p["strategies"]["phases"] == ["train"]
+    m = p["memory"]  # the batch-shape allowance is the measured cost per shape times the shapes plan did not run
+    each = m["shapes"]
+    assert each["train_mb_each"] >= 0 and each["eval_mb_each"] >= 0
+    assert abs(m["shape_allowance_mb"] - each["train_new"] * each["train_mb_each"]
+               - each["eval_new"] * each["eval_mb_each"]) <= 1
     text = " ".join(p["warnings"])
     for expected in ("max_length 4 cuts", "validation set has 40", "lr 0.5 is outside", "batch_size 500",
                      "warm-up steps"):
         assert expected in text, expected
     assert main(["plan", "--json", "/nonexistent.yaml"]) == 2
+
+
+def test_batch_shape_is_the_collated_shape(text_recipe):
+    """plan counts the run's batch shapes without building the batches: the collator's rounding to
+    data.pad_to_multiple_of and its cap at max_length must come out the same, for train and validation."""
+    from tuneforge.engine.timing import batch_shape, collate
+    from tuneforge.run import prepare
+
+    setup = prepare(load_config(text_recipe(data={"pad_to_multiple_of": 8, "max_length": 12})), lambda *_: None)
+    for built, loader in ((setup.train_built, setup.train_loader), (setup.val_built, setup.val_loader)):
+        batches = loader.batch_sampler.batches()
+        widths = {batch_shape(built, b)[1] for b in batches}
+        assert widths and all(w % 8 == 0 or w == 12 for w in widths)
+        assert all(batch_shape(built, b) == tuple(collate(built, b)["input_ids"].shape) for b in batches)
+
+
+def test_shape_cost_is_held_memory_per_new_shape(monkeypatch):
+    """What a new batch shape keeps: the held RSS after the warm-up steps and after the rest, over the shapes
+    the warm-up did not run (repeats count once); None without glibc's malloc_trim."""
+    import tuneforge.plan as plan_module
+
+    held = iter([100.0, 121.0])
+    monkeypatch.setattr(plan_module, "held_rss_mb", lambda: next(held))
+    probe = plan_module.ShapeCost([(16, 8), (16, 8), (16, 12), (16, 16), (16, 12), (16, 20)], warmup=2)
+    for i in range(5):  # stopped early: (16, 20) never ran
+        probe.on_step(i)
+    assert probe.seen() == {(16, 8), (16, 12), (16, 16)}
+    assert probe.mb_per_shape() == pytest.approx(10.5)
+    monkeypatch.setattr(plan_module, "held_rss_mb", lambda: None)
+    probe = plan_module.ShapeCost([(16, 8), (16, 12)], warmup=1)
+    probe.on_step(0), probe.on_step(1)
+    assert probe.mb_per_shape() is None
 
 
 def test_plan_puts_weights_and_rng_back(tiny_bert_dir):

@@ -10,22 +10,48 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
+from functools import partial
 from typing import Optional
 
 import torch
 
 from tuneforge.config import load_config
+from tuneforge.data.sampling import EpochBatchSampler
 from tuneforge.engine.feature_cache import HeadOnly, feature_cache_usable
 from tuneforge.engine.loop import steps_per_epoch
 from tuneforge.engine.optim import create_optimizer, total_steps
 from tuneforge.engine.snapshot import capture_rng, restore_rng
-from tuneforge.engine.timing import collate, mean_step_size, spread_batches, timed_eval, timed_steps
+from tuneforge.engine.timing import batch_shape, collate, mean_step_size, spread_batches, timed_eval, timed_steps
 from tuneforge.engine.trainable import Phase, head_module_name, head_names, plan_phases
-from tuneforge.utils import cache_dir, count_params, peak_rss_mb
+from tuneforge.utils import cache_dir, count_params, held_rss_mb, peak_rss_mb
 
 TIMED_STEPS = 12  # 2 warm-up + 10 measured, fewer when they take over 30 s
 LR_FIND_STEPS = 80
 REPORT_SECONDS = 5.0  # report.html: figures and the page (measured 2-8 s on the shipped recipes)
+SHAPE_MB = 7.0  # MB a new training batch shape keeps where it cannot be measured (minilm-l6; evaluation ~2.2)
+
+
+class ShapeCost:
+    """What each new (rows, padded width) batch shape keeps resident (kernels cached per tensor shape: ~7 MB a
+    shape for minilm-l6 training, ~2.2 MB in evaluation): the held RSS (heap trimmed) after the warm-up steps and
+    after the rest, over the new shapes between. `on_step` is timed_steps' / timed_eval's hook."""
+
+    def __init__(self, keys: list, warmup: int):
+        self.keys, self.warmup, self.done, self.start = keys, warmup, 0, None
+
+    def on_step(self, i: int) -> None:
+        self.done = i + 1
+        if i == self.warmup - 1:
+            self.start = held_rss_mb()
+
+    def seen(self) -> set:
+        return set(self.keys[:self.done])
+
+    def mb_per_shape(self) -> float | None:
+        end, new = held_rss_mb(), self.seen() - set(self.keys[:self.warmup])
+        if self.start is None or end is None or not new:
+            return None
+        return max(end - self.start, 0.0) / len(new)
 
 
 def plan(recipe, overrides=None) -> dict:
@@ -39,15 +65,16 @@ def plan(recipe, overrides=None) -> dict:
     setup.bundle.replace_model(setup.accelerator.prepare(setup.bundle.model))
     tc = setup.cfg.train
     phases = plan_phases(tc, 1e-4 if tc.lr == "auto" else tc.lr)  # the LR does not change a step's time
+    shapes: dict = {"train": [], "eval": []}  # per timed pass: (MB a new shape keeps, the shapes it ran)
     with restored(setup.bundle.model):
-        eval_pass = estimate_eval(setup)
-        estimates = [estimate_phase(setup, phase, eval_pass) for phase in phases]
+        eval_pass = estimate_eval(setup, shapes)
+        estimates = [estimate_phase(setup, phase, eval_pass, shapes) for phase in phases]
         measured_rss = peak_rss_mb()
     out = {"recipe": str(recipe) if not isinstance(recipe, dict) else "recipe", "data_report": lines,
            "preset": setup.preset, "phases": estimates, "startup_seconds": round(startup, 3),
            "strategies": strategies_summary(setup, phases), "precision": setup.precision, "threads": setup.threads}
     out["time"] = total_time(setup, estimates, eval_pass, startup)
-    out["memory"] = memory_estimate(setup, estimates, measured_rss)
+    out["memory"] = memory_estimate(setup, estimates, measured_rss, shapes)
     out["warnings"] = warnings(setup, phases, estimates, out["time"])
     return out
 
@@ -75,19 +102,21 @@ def backup_mb(model: torch.nn.Module) -> float:
 # ---------------------------------------------------------------- time
 
 
-def estimate_eval(setup) -> dict:
+def estimate_eval(setup, shapes: dict) -> dict:
     """One validation pass: a few of its batches timed (the largest first), the rest from the cost model."""
     built, loader = setup.val_built, setup.val_loader
     batches = loader.batch_sampler.batches()
-    timer = timed_eval(setup.task, setup.bundle, built, spread_batches(batches, built.lengths, 6),
-                       setup.accelerator)
+    picked = spread_batches(batches, built.lengths, 6)
+    probe = ShapeCost([batch_shape(built, b) for b in picked], warmup=1)
+    timer = timed_eval(setup.task, setup.bundle, built, picked, setup.accelerator, on_step=probe.on_step)
+    shapes["eval"].append((probe.mb_per_shape(), probe.seen()))
     tokens = "attention_mask" in collate(built, [0])
     est = timer.estimate(mean_step_size(built, len(batches), tokens))
     seconds, error = est.total(len(batches))
     return {"seconds": seconds, "error": error, "batches": len(batches)}
 
 
-def estimate_phase(setup, phase: Phase, eval_pass: dict) -> dict:
+def estimate_phase(setup, phase: Phase, eval_pass: dict, shapes: dict) -> dict:
     cfg, bundle, tc = setup.cfg, setup.bundle, setup.cfg.train
     phase.apply(bundle, tc, lambda *_: None)
     counts = count_params(bundle.model)
@@ -101,16 +130,21 @@ def estimate_phase(setup, phase: Phase, eval_pass: dict) -> dict:
     if head:
         out.update(cached_phase(setup, head, ptc, eval_pass, steps, per_epoch))
     else:
-        out.update(timed_phase(setup, phase, ptc, steps, eval_pass))
+        out.update(timed_phase(setup, phase, ptc, steps, eval_pass, shapes))
     return out
 
 
-def timed_phase(setup, phase: Phase, ptc, steps: int, eval_pass: dict) -> dict:
+def timed_phase(setup, phase: Phase, ptc, steps: int, eval_pass: dict, shapes: dict) -> dict:
     bundle, built, tc = setup.bundle, setup.train_built, setup.cfg.train
     optimizer = setup.accelerator.prepare(create_optimizer(bundle.model, ptc, head_names(bundle)))
     batches = spread_batches(setup.train_loader.batch_sampler.batches(), built.lengths, TIMED_STEPS)
-    timer = timed_steps(setup.task, bundle, built, batches, optimizer, setup.accelerator, tc.grad_clip,
-                        phase.train_mode(bundle, tc))
+    probe = ShapeCost([batch_shape(built, b) for b in batches], warmup=2)
+    step = partial(timed_steps, setup.task, bundle, built, optimizer=optimizer, accelerator=setup.accelerator,
+                   grad_clip=tc.grad_clip, train_mode=phase.train_mode(bundle, tc))
+    timer = step(batches, on_step=probe.on_step)
+    # the run meets its largest batch again after many smaller ones, on the heap they fragmented: so does plan
+    step(batches[:1], warmup=0)
+    shapes["train"].append((probe.mb_per_shape(), probe.seen()))
     optimizer.zero_grad(set_to_none=True)
     per_epoch = setup.train_loader.batch_sampler.total  # micro-batches (each timed with an optimizer step)
     tokens = "attention_mask" in collate(built, [0])
@@ -206,10 +240,10 @@ def total_time(setup, phases: list[dict], eval_pass: dict, startup: float) -> di
 # ---------------------------------------------------------------- memory
 
 
-def memory_estimate(setup, phases: list[dict], measured: float) -> dict:
+def memory_estimate(setup, phases: list[dict], measured: float, shapes: dict) -> dict:
     """Peak RSS: measured during the timed steps (the weight backup taken for them removed), plus what the full
-    run adds that the timed steps did not hold: the EMA copy, the cached features, and for text the kernels of
-    batch widths the timed steps did not see (oneDNN keeps one per shape; BENCHMARKS: 96-199 MB on SST-2)."""
+    run adds that the timed steps did not hold: the EMA copy, the cached features, and the kernels of the batch
+    shapes the run meets that plan did not (oneDNN keeps them per shape: ShapeCost)."""
     cfg, model = setup.cfg, setup.bundle.model
     weights = backup_mb(model)
     ema = weights if cfg.train.ema else 0.0
@@ -218,10 +252,11 @@ def memory_estimate(setup, phases: list[dict], measured: float) -> dict:
         head = head_module_name(setup.bundle)
         width = _head_width(model, head)
         features = (len(setup.train_built.dataset) + len(setup.val_built.dataset)) * width * 4 / 2 ** 20
-    shapes = _shape_allowance(setup) if not all(p["cached_features"] for p in phases) else 0.0
-    peak = measured - weights + ema + features + shapes
+    kernels = {} if all(p["cached_features"] for p in phases) else shape_kernels(setup, phases, shapes)
+    peak = measured - weights + ema + features + kernels.get("mb", 0.0)
     return {"peak_rss_mb": round(peak), "measured_mb": round(measured), "weight_backup_mb": round(weights),
-            "ema_mb": round(ema), "feature_cache_mb": round(features), "shape_allowance_mb": round(shapes)}
+            "ema_mb": round(ema), "feature_cache_mb": round(features),
+            "shape_allowance_mb": round(kernels.pop("mb", 0.0)), "shapes": kernels}
 
 
 def _head_width(model, head: Optional[str]) -> int:
@@ -231,14 +266,36 @@ def _head_width(model, head: Optional[str]) -> int:
     return linears[0].in_features if linears else 0
 
 
-def _shape_allowance(setup) -> float:
-    """Text: ~1.5 MB per distinct batch width beyond the dozen the timed steps saw (fit on SST-2, where ~100 new
-    widths added ~150 MB); images have one shape."""
-    built = setup.train_built
-    if built.lengths is None or setup.bundle.modality != "text":
-        return 0.0
-    widths = {max(built.lengths[i] for i in b) for b in setup.train_loader.batch_sampler.batches()}
-    return 1.5 * max(0, len(widths) - TIMED_STEPS)
+def run_shapes(setup, epochs: int) -> tuple[set, set]:
+    """The (rows, width) batch shapes of the run's training epochs (the first 5: few new ones come later), and of
+    evaluation (validation and test, each at the eval batch size, longest first as the run batches them) that
+    training has not already run."""
+    built, sampler = setup.train_built, setup.train_loader.batch_sampler
+    train, current = set(), sampler.epoch
+    for epoch in range(min(max(epochs, 1), 5)):
+        sampler.set_epoch(epoch)
+        train |= {batch_shape(built, b) for b in sampler.batches()}
+    sampler.set_epoch(current)
+    evals = set()
+    for built in (setup.val_built, setup.test_built):
+        if built is not None:
+            sampler = EpochBatchSampler(len(built.dataset), setup.cfg.eval_batch_size, 0, built.lengths, shuffle=False)
+            evals |= {batch_shape(built, b) for b in sampler.batches()}
+    return train, evals - train
+
+
+def shape_kernels(setup, phases: list[dict], shapes: dict) -> dict:
+    """Memory for the shapes the run meets beyond those plan ran, at the cost per shape plan measured (the most
+    any pass measured; SHAPE_MB for training where malloc_trim is missing, eval then at a third of it)."""
+    per_epoch = max(setup.train_loader.batch_sampler.total, 1)
+    train, evals = run_shapes(setup, math.ceil(sum(p["steps"] for p in phases) * setup.cfg.train.grad_accum
+                                               / per_epoch))
+    ran = set().union(*(seen for _, seen in shapes["train"] + shapes["eval"]))
+    train_mb = max((mb for mb, _ in shapes["train"] if mb is not None), default=SHAPE_MB)
+    eval_mb = max((mb for mb, _ in shapes["eval"] if mb is not None), default=SHAPE_MB / 3)
+    new_train, new_eval = len(train - ran), len(evals - ran)
+    return {"mb": train_mb * new_train + eval_mb * new_eval, "train_new": new_train, "eval_new": new_eval,
+            "train_mb_each": round(train_mb, 2), "eval_mb_each": round(eval_mb, 2)}
 
 
 # ---------------------------------------------------------------- warnings

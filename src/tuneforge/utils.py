@@ -1,6 +1,8 @@
 """Small process-level helpers: logging, seeding, threads, precision, memory."""
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import random
 import resource
@@ -152,6 +154,24 @@ def peak_device_memory_mb(device) -> Optional[float]:
 def rss_mb() -> float:
     """Resident memory now."""
     return psutil.Process().memory_info().rss / 2 ** 20
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def held_rss_mb() -> float | None:
+    """Resident memory once glibc's malloc_trim has handed the free heap back: what live objects hold, without the
+    freed blocks the allocator keeps. None where there is no glibc (the measure would mix the two)."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return None
+    libc.malloc_trim(0)
+    return rss_mb()
 
 
 def count_params(model: torch.nn.Module) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -97,6 +98,17 @@ def mean_step_size(built, steps_per_epoch: int, tokens: bool) -> float:
     return total / max(steps_per_epoch, 1)
 
 
+def batch_shape(built, indices: list[int]) -> tuple[int, int | None]:
+    """(rows, padded width) of the batch these rows make, without building it (the collator's rounding); width
+    None without lengths (images, audio)."""
+    if built.lengths is None:
+        return len(indices), None
+    longest = max(built.lengths[i] for i in indices)
+    multiple, cap = getattr(built.collate, "multiple", 1), getattr(built.collate, "max_width", None)
+    width = -(-longest // multiple) * multiple
+    return len(indices), (width if cap is None else max(longest, min(width, cap)))
+
+
 def spread_batches(batches: list[list[int]], lengths, count: int) -> list[list[int]]:
     """`count` of an epoch's batches spread over their sizes (largest first: its memory peak is then measured from
     the first step on), so the cost model sees small and large steps alike; repeated when there are fewer."""
@@ -109,9 +121,11 @@ def spread_batches(batches: list[list[int]], lengths, count: int) -> list[list[i
 
 
 def timed_steps(task, bundle, built, index_batches: list[list[int]], optimizer, accelerator, grad_clip,
-                train_mode, warmup: int = 2, max_seconds: float = 30.0) -> StepTimer:
+                train_mode, warmup: int = 2, max_seconds: float = 30.0,
+                on_step: Callable[[int], None] | None = None) -> StepTimer:
     """Training steps on these batches, each timed: the loop's forward / backward, gradient clipping and the
-    optimizer step. Stops early after `max_seconds` (at least warmup + 4 steps)."""
+    optimizer step. Stops early after `max_seconds` (at least warmup + 4 steps). `on_step(i)` runs after step i,
+    outside the timing (plan.py measures memory there)."""
     timer, model = StepTimer(warmup), bundle.model
     train_mode(model)
     started = time.perf_counter()
@@ -124,20 +138,25 @@ def timed_steps(task, bundle, built, index_batches: list[list[int]], optimizer, 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         timer.add(time.perf_counter() - t, batch_size_units(batch))
+        if on_step is not None:
+            on_step(i)
         if i >= warmup + 4 and time.perf_counter() - started > max_seconds:
             break
     return timer
 
 
 @torch.no_grad()
-def timed_eval(task, bundle, built, index_batches: list[list[int]], accelerator, warmup: int = 1) -> StepTimer:
-    """Evaluation batches (forward and loss, eval mode), each timed."""
+def timed_eval(task, bundle, built, index_batches: list[list[int]], accelerator, warmup: int = 1,
+               on_step: Callable[[int], None] | None = None) -> StepTimer:
+    """Evaluation batches (forward and loss, eval mode), each timed; `on_step(i)` as in timed_steps."""
     timer = StepTimer(warmup)
     bundle.model.eval()
-    for indices in index_batches:
+    for i, indices in enumerate(index_batches):
         batch = collate(built, indices)
         t = time.perf_counter()
         outputs, batch = forward(task, bundle, batch, accelerator)
         task.loss(outputs, batch)
         timer.add(time.perf_counter() - t, batch_size_units(batch))
+        if on_step is not None:
+            on_step(i)
     return timer
