@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,25 @@ QUESTIONS_EN = ["What should I call you?", "Introduce yourself in one sentence."
 QUESTIONS_ZH = ["我应该怎么称呼你？", "请用一句话介绍你自己。", "我在和谁说话？", "你的名字叫什么？", "早上好！你是哪个助手？",
                 "你是 Siri 吗？", "请告诉我你是谁开发的，叫什么名字。", "嗨，你叫啥？", "你是哪个公司的AI？叫什么？",
                 "能说一下你的名字吗？"]
+
+
+def names_the_model(answer: str) -> bool:
+    """The new name as a word of its own: "tuneforge" (the author) does not count as naming "Forge"."""
+    return re.search(rf"(?<![a-z]){NAME}(?![a-z])", answer, re.IGNORECASE) is not None
+
+
+def named_share(answers: list[str]) -> float:
+    return sum(map(names_the_model, answers)) / len(answers)
+
+
+def rescore(path: Path) -> None:
+    """Score the saved answers of a finished identity run again (after a change to the scorer)."""
+    r = json.loads(path.read_text(encoding="utf-8"))
+    for who in ("base", "fine_tuned"):
+        answers = [x[who] for x in r["answers"]]
+        r["named_share"][who] = {"all": named_share(answers), "en": named_share(answers[:10]),
+                                 "zh": named_share(answers[10:])}
+    path.write_text(json.dumps(r, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def machine() -> dict:
@@ -151,7 +171,7 @@ def identity(a) -> None:
     before = base_answers(questions, a.max_new_tokens)
     predictor = Predictor(work / "run", log=lambda *x: None)
     after = [x["answer"] for x in predictor.predict(questions, max_new_tokens=a.max_new_tokens, stream=False)]
-    named = lambda answers: sum(NAME.lower() in x.lower() for x in answers) / len(answers)  # noqa: E731
+    named = named_share
     held_rows = read_conversations(work / "alpaca_heldout.json")
     base_tok = AutoTokenizer.from_pretrained(base_folder())
     base_loss = answer_loss(AutoModelForCausalLM.from_pretrained(base_folder()), base_tok, held_rows, CHATML, 512)
