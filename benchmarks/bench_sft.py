@@ -103,7 +103,7 @@ def train(recipe: str, overrides: list[str], output: Path, callbacks=(), fresh: 
     started = time.perf_counter()
     result = tuneforge.run.train(str(ROOT / "recipes" / recipe), overrides, output=str(output), resume=not fresh,
                                  overwrite=fresh, callbacks=callbacks)
-    return {"wall_seconds": round(time.perf_counter() - started, 1), **result.summary}
+    return {"wall_seconds": round(ended[name] - started, 1), **result.summary}
 
 
 def answer_loss(model, tokenizer, conversations, template, max_length: int) -> float:
@@ -255,13 +255,17 @@ def sst2_budget(a) -> None:
                str(work / name), "--overwrite", "--quiet"] + [x for v in sets for x in ("--set", v)]
         procs[name] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.log", "w")),
                        time.perf_counter(), sets)
+    ended = {}
+    while len(ended) < len(procs):  # each side's own end time
+        ended.update({n: time.perf_counter() for n, (p, *_) in procs.items() if n not in ended and p.poll() is not None})
+        time.sleep(0.5)
     out = {}
     for name, (proc, started, sets) in procs.items():
-        if proc.wait() != 0:
+        if proc.returncode != 0:
             raise SystemExit(f"{name} failed: see {work / name}.log")
         s = json.loads((work / name / "summary.json").read_text())
         ev = s["eval"]
-        out[name] = {"recipe": runs[name][0], "overrides": sets, "wall_seconds": round(time.perf_counter() - started, 1),
+        out[name] = {"recipe": runs[name][0], "overrides": sets, "wall_seconds": round(ended[name] - started, 1),
                      "dev_accuracy": ev.get("exact_match", ev.get("accuracy")),
                      **{k: s.get(k) for k in ("train_seconds", "eval_seconds", "steps", "epochs", "samples_seen",
                                               "peak_rss_mb", "stop_reason", "time_budget")}}
