@@ -103,7 +103,7 @@ def train(recipe: str, overrides: list[str], output: Path, callbacks=(), fresh: 
     started = time.perf_counter()
     result = tuneforge.run.train(str(ROOT / "recipes" / recipe), overrides, output=str(output), resume=not fresh,
                                  overwrite=fresh, callbacks=callbacks)
-    return {"wall_seconds": round(ended[name] - started, 1), **result.summary}
+    return {"wall_seconds": round(time.perf_counter() - started, 1), **result.summary}
 
 
 def answer_loss(model, tokenizer, conversations, template, max_length: int) -> float:
