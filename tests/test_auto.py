@@ -365,3 +365,19 @@ def test_preset_finds_the_label_column_of_a_table(tmp_path):
     assert cfg.data.label_column == "score" and cfg.model.name == "minilm-l6"
     given = load_config({"preset": "auto", "data": {"dir": str(tmp_path), "label_column": "x"}})
     assert given.data.label_column == "x"
+
+
+@pytest.mark.parametrize("report, predicts, test_rows, passes", [
+    (True, True, 0, 2.0), (True, False, 0, 1.0), (False, True, 0, 1.0), (True, True, 50, 2.5)])
+def test_deadline_reserves_the_evaluation_passes_the_end_of_the_run_makes(report, predicts, test_rows, passes):
+    """The report's pass over validation only when the task's report predicts (SFT's does not: it reserved an
+    evaluation of 872 generations that never ran, and stopped 270 s early in a 1,500 s budget)."""
+    from types import SimpleNamespace as NS
+
+    from tuneforge.run import make_deadline
+
+    setup = NS(val_built=NS(dataset=range(100)), test_built=NS(dataset=range(test_rows)) if test_rows else None,
+               cfg=NS(output=NS(report=report), train=NS(time_budget=60.0)),
+               task=NS(report_predictions=predicts), bundle=NS(model=torch.nn.Linear(2, 2)))
+    deadline = make_deadline(setup, NS(resumed_wall_seconds=0.0), started=time.perf_counter())
+    assert deadline.end_passes == passes

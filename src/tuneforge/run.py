@@ -357,7 +357,8 @@ def make_deadline(setup: Setup, restorer: StateRestorer, started: Optional[float
     the run needs: the kept model's evaluation, report.html's pass over validation, the test split, saving."""
     val_rows = max(len(setup.val_built.dataset), 1)
     test_rows = len(setup.test_built.dataset) if setup.test_built is not None else 0
-    passes = 1 + (1 if setup.cfg.output.report else 0) + test_rows / val_rows
+    report_pass = setup.cfg.output.report and setup.task.report_predictions  # SFT's report runs no pass
+    passes = 1 + (1 if report_pass else 0) + test_rows / val_rows
     weights = sum(p.numel() * p.element_size() for p in setup.bundle.model.parameters())
     return Deadline(setup.cfg.train.time_budget, started or time.perf_counter(), restorer.resumed_wall_seconds,
                     passes, save_seconds=0.5 + 2 * weights / 100e6)  # reading the best checkpoint, writing model/
