@@ -253,8 +253,8 @@ def sst2_budget(a) -> None:
         sets = [f"data.dir={a.data}", f"train.time_budget={a.budget}", "train.threads=1", *extra, *a.set]
         cmd = [sys.executable, "-m", "tuneforge", "train", str(ROOT / "recipes" / recipe), "--output",
                str(work / name), "--overwrite", "--quiet"] + [x for v in sets for x in ("--set", v)]
-        procs[name] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.log", "w")),
-                       time.perf_counter(), sets)
+        with open(work / f"{name}.log", "w") as err:  # the child keeps its own copy of the handle
+            procs[name] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err), time.perf_counter(), sets)
     ended = {}
     while len(ended) < len(procs):  # each side's own end time
         ended.update({n: time.perf_counter() for n, (p, *_) in procs.items() if n not in ended and p.poll() is not None})

@@ -137,7 +137,8 @@ class PruneOnEval(Callback):
         if value is None or not math.isfinite(value):
             return
         self.trial.report(float(value), self.evals if self.by_eval else record["step"])
-        # never at a trial's first evaluation: runs with a longer LR warm-up are still behind there
+        # never at a trial's first evaluation: runs with a longer LR warm-up are still behind there (here and not
+        # MedianPruner's n_warmup_steps: reports are at global steps, so it cannot know where evaluation 2 is)
         if self.pruned or (self.evals >= FIRST_PRUNABLE_EVAL and self.trial.should_prune()):
             self.pruned = True  # later phases (head_epochs) stop at once too
             state.should_stop, state.stop_reason = True, PRUNED_REASON
