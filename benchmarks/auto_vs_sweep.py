@@ -48,6 +48,11 @@ SETS = {
               "slice": ["data.max_train_samples=2000"], "space": TEXT_SPACE},
     "stsb": {"data": DATA / "stsb", "task": "regression", "shipped": "recipes/stsb.yaml",
              "slice": ["data.max_train_samples=2000"], "space": TEXT_SPACE},
+    # FSDD's layout (file names hold the label; the customary test split by name), not tuning: given to every part
+    "fsdd": {"data": DATA / "fsdd", "task": "classification", "shipped": "recipes/fsdd.yaml",
+             "layout": ["data.train=recordings", r"data.label_from.regex=^(\d)_", r"data.val_from.regex=_[0-4]\.wav$"],
+             "space": {"train.lr": {"type": "float", "low": 1e-5, "high": 3e-4, "log": True},
+                       "train.epochs": {"type": "int", "low": 1, "high": 4}}},
     "mr": {"data": UNSEEN / "mr", "task": "classification", "shipped": "recipes/sst2.yaml", "space": TEXT_SPACE},
     "trec": {"data": UNSEEN / "trec", "task": "classification", "shipped": "recipes/sst2.yaml", "space": TEXT_SPACE},
     "hands": {"data": UNSEEN / "hands", "task": "classification", "shipped": "recipes/hymenoptera.yaml",
@@ -97,7 +102,7 @@ def planned(name: str, part: str, common: list[str], args) -> dict:
 def run_part(name: str, part: str, args) -> dict:
     spec = SETS[name]
     out = Path(args.runs) / f"{name}-{part}"
-    common = ["train.threads=1", "output.progress=false"] + spec.get("slice", []) + args.set
+    common = ["train.threads=1", "output.progress=false"] + spec.get("layout", []) + spec.get("slice", []) + args.set
     tf = [sys.executable, "-m", "tuneforge"]
     plan = planned(name, part, common, args) if args.plan and part != "sweep" else None
     if part == "shipped":

@@ -102,6 +102,36 @@ def test_a_strategy_given_by_the_recipe_steers_the_other_rules():
     assert c["train.lr"] == 1e-2 and "data.augment.crop_scale" not in c
 
 
+WHISPER = ModelFacts("whisper-base", "audio", audio_window=True)
+
+
+def test_speech_cuts_clips_and_the_encoder_window_to_the_data():
+    size, strategy, c = chosen(facts(2_700, "audio", clip_p99=0.96, clip_max=2.3, model=WHISPER, words_p95=None))
+    assert (size, strategy) == ("small", "full_fine_tune")
+    assert c["data.max_seconds"] == 1.0 and c["model.audio_ctx"] == 50  # 1 s of Whisper's 30-s window
+    assert c["train.lr"] == 5e-5 and c["train.head_lr"] == 1e-3 and c["train.batch_size"] == 16
+    _, _, asr = chosen(facts(700, "audio", task="asr", classes=None, clip_p99=4.0, clip_max=5.2, model=WHISPER))
+    assert asr["data.max_seconds"] == 6.0 and asr["model.audio_ctx"] == 300  # recognition keeps every clip whole
+    assert "train.head_lr" not in asr and asr["train.epochs"] == 10  # no new head; tiny set
+    spectrogram = ModelFacts("efficientnet-lite0", "audio")  # an image CNN on spectrograms has no window to cut
+    _, _, cnn = chosen(facts(2_700, "audio", clip_p99=3.2, clip_max=9.0, model=spectrogram))
+    assert cnn["data.max_seconds"] == 4.0 and "model.audio_ctx" not in cnn
+    _, _, long = chosen(facts(2_700, "audio", clip_p99=40.0, clip_max=60.0, model=WHISPER))
+    assert long["data.max_seconds"] == 30.0 and "model.audio_ctx" not in long  # the full window
+
+
+def test_clip_seconds_read_from_headers(tmp_path):
+    from speech_helpers import sine, write_wav
+    from tuneforge.data.audio import clip_seconds
+
+    paths = [write_wav(tmp_path / f"{i}.wav", sine(440.0, 0.25 * (i + 1), sr), sr)
+             for i, sr in enumerate((8000, 16000, 22050))]
+    (tmp_path / "bad.wav").write_bytes(b"not audio")  # left to decoding, which names it
+    got = clip_seconds(paths + [str(tmp_path / "bad.wav"), (torch.zeros(8000).numpy(), 16000)])
+    assert got == pytest.approx([0.25, 0.5, 0.75, 0.5], abs=1e-3)
+    assert len(clip_seconds(paths * 10, limit=5)) <= 6  # a sample, evenly spread
+
+
 # ---------------------------------------------------------------- explicit keys and durations
 
 
@@ -202,6 +232,18 @@ def test_train_with_data_only_picks_model_and_preset(text_data_dir, tiny_bert_di
 def test_default_model_by_modality(text_data_dir, image_data_dir):
     assert load_config({"preset": "auto", "data": {"dir": str(text_data_dir)}}).model.name == "minilm-l6"
     assert load_config({"preset": "auto", "data": {"dir": str(image_data_dir)}}).model.name == "efficientnet-lite0"
+
+
+def test_default_model_for_speech(tmp_path):
+    from speech_helpers import tone_sentences, tone_tree
+
+    tones = tone_tree(tmp_path / "tones", {"recordings": 2})
+    auto = {"preset": "auto", "data": {"dir": str(tones), "train": "recordings"}}  # train: relative to dir
+    assert load_config(auto).model.name == "whisper-base"
+    asr = tone_sentences(tmp_path / "asr", 2, 1)  # tables of path,text: recognition wants a speech model
+    assert load_config({"preset": "auto", "task": "asr", "data": {"dir": str(asr)}}).model.name == "whisper-base"
+    with pytest.raises(ConfigError, match="missing"):
+        load_config({"preset": "auto", "data": {"dir": str(tones), "train": "missing"}})
 
 
 def test_time_budget_stops_in_time_and_keeps_the_best_model(text_recipe, tmp_path):

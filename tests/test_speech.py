@@ -303,6 +303,20 @@ def test_recipes_parse_and_fsdd_split(tmp_path):
     assert sorted(set(val_ex.labels)) == [str(d) for d in range(10)]
 
 
+def test_preset_auto_fits_the_window_to_the_clips(assets, tmp_path):
+    r = train({"preset": "auto", "task": "classification", "model": str(assets["whisper"]),
+               "data": {"dir": str(assets["tones"])},
+               "train": {"max_steps": 4, "precision": "fp32", "threads": 1}, "output": {"progress": False}},
+              output=str(tmp_path / "run"), quiet=True)
+    summary = json.loads((Path(r.run_dir) / "summary.json").read_text())
+    chosen = {c["key"]: c["value"] for c in summary["preset"]["choices"]}
+    assert summary["preset"]["strategy"] == "full_fine_tune" and summary["preset"]["facts"]["clip_max"] < 0.8
+    assert chosen["data.max_seconds"] == 1.0 and chosen["model.audio_ctx"] == 50  # 0.3-0.7 s clips
+    assert chosen["train.head_lr"] == 1e-3 and chosen["train.batch_size"] == 16
+    meta = json.loads((Path(r.run_dir) / "model" / "config.json").read_text())
+    assert meta["max_source_positions"] == 50  # the trained model has the trimmed window
+
+
 def test_audio_input_for_a_text_model_is_a_clean_error(whisper_run, capsys):
     assert main(["predict", str(whisper_run.run_dir), "--text", "hello"]) == 2
     assert "audio model" in capsys.readouterr().err

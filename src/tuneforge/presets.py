@@ -1,6 +1,6 @@
 """`preset: auto`: the recipe chosen from the data report and the model, as small rules, each with its reason.
 
-The rules read `Facts` (rows, classes, imbalance, text lengths or image sizes from the data report; the model's
+The rules read `Facts` (rows, classes, imbalance, text lengths, image sizes or clip durations; the model's
 width, size and kind) and return `Choice`s (a recipe key, a value, the reason). `apply_preset` lays them over the
 recipe: a key the recipe sets itself (`config.explicit_keys`) keeps the recipe's value, and the log says so; a recipe
 that sets any strategy key (train.freeze, head_epochs, lora, gradual_unfreeze) keeps its strategy, and the other
@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
+from tuneforge.data.audio import clip_seconds
 from tuneforge.errors import ConfigError
 
 SIZE_CLASSES = ((1_000, "tiny"), (10_000, "small"), (100_000, "medium"))  # upper bounds; above: large
@@ -32,6 +35,7 @@ class ModelFacts:
     hidden: Optional[int] = None  # transformer width
     params: Optional[int] = None  # approximate, from the model's config
     input_size: Optional[int] = None  # image models: the side they were trained at
+    audio_window: bool = False  # a Whisper encoder, whose 30-s window model.audio_ctx can trim
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class Facts:
     pairs: bool = False  # text pairs
     words_p95: Optional[float] = None
     image_side: Optional[float] = None  # median of the shorter image side, pixels
+    clip_p99: Optional[float] = None  # audio: 99th percentile of the clip durations, seconds (from file headers)
+    clip_max: Optional[float] = None
     model: ModelFacts = field(default_factory=lambda: ModelFacts("", "text"))
 
 
@@ -85,6 +91,9 @@ def choose_strategy(f: Facts, size: str) -> tuple[str, str]:
     if f.modality == "image":
         return "fine_tune", (f"{f.rows} images ({size}): fastai-style fine_tune, one epoch for the new head on the "
                              "frozen backbone, then every layer at LRs that shrink towards the input")
+    if f.modality == "audio":
+        return "full_fine_tune", ("a speech encoder adapts as a whole, as Whisper fine-tuning does (warm-up protects "
+                                  "it from the new head's first gradients)")
     return "full_fine_tune", ("text encoders adapt as a whole from the first step (warm-up protects them from the "
                               "new head); a head on the frozen [CLS] pooler is weak")
 
@@ -112,6 +121,8 @@ def base_lr(f: Facts, strategy: str) -> tuple[float, str]:
         return 5e-4, "adapters start at zero and need a larger LR than full fine-tuning"
     if f.modality == "image":
         return 1e-3, "the top layer group's LR for fine_tune (fastai's default order of magnitude)"
+    if f.modality == "audio":
+        return 5e-5, "Whisper fine-tunes at ~1/20-1/40 of its pretraining LR (1e-3 for base)"
     width = f.model.hidden or 768
     lr = 1e-4 if width <= 384 else 5e-5 if width <= 768 else 2e-5
     if f.pairs and f.task == "regression" and f.model.sentence_embedding:
@@ -134,6 +145,8 @@ def epochs_for(f: Facts, size: str, strategy: str) -> tuple[float, str]:
 def batch_size_for(f: Facts, size: str, strategy: str) -> tuple[int, str]:
     if size == "tiny" and strategy != "linear_probe":
         return 16, "tiny set: smaller batches give more updates per epoch"
+    if f.modality == "audio":
+        return 16, "16: a speech encoder's activations over a clip are large; more updates per epoch"
     return 32, "32: steady gradients and full CPU / GPU use"
 
 
@@ -152,7 +165,7 @@ def schedule_choices(f: Facts, size: str, strategy: str) -> list[Choice]:
                        "pretrained weights")]
     if strategy == "fine_tune":
         out.append(Choice("train.head_lr", 2 * lr, "the new head at 2x the top LR (its own phase first)"))
-    elif strategy in ("full_fine_tune", "lora") and f.modality == "text":
+    elif strategy in ("full_fine_tune", "lora") and f.modality in ("text", "audio") and f.task != "asr":
         out.append(Choice("train.head_lr", 1e-3, "the randomly initialised head learns at 1e-3 while the encoder "
                           "moves slowly"))
     return out
@@ -198,11 +211,29 @@ def input_choices(f: Facts, strategy: str) -> list[Choice]:
     if f.task == "regression":
         out.append(Choice("task.standardize", True, "z-scored targets keep the loss near 1 whatever the label "
                           "range (undone at predict)"))
+    if f.modality == "audio" and f.clip_p99:
+        out += audio_window_choices(f)
     if f.modality == "image" and strategy == "linear_probe" and f.model.input_size and f.image_side:
         bigger = 32 * round(1.25 * f.model.input_size / 32)
         if f.image_side >= bigger:
             out.append(Choice("data.image_size", bigger, f"images are large (median short side "
                               f"{f.image_side:.0f} px): frozen features see more detail at {bigger} px"))
+    return out
+
+
+def audio_window_choices(f: Facts) -> list[Choice]:
+    """The clip length kept, and Whisper's encoder window cut to it: a 1-s clip in a 30-s window is 97 % padding.
+    Recognition keeps every clip whole (a cut drops words); classification cuts the longest 1 %."""
+    asr = f.task == "asr"
+    longest = f.clip_max if asr else f.clip_p99
+    seconds = float(min(30, max(1, math.ceil(longest))))
+    why = (f"the longest clip is {f.clip_max:.1f} s" if asr else
+           f"99 % of the clips are at most {f.clip_p99:.1f} s (the longest: {f.clip_max:.1f} s)")
+    out = [Choice("data.max_seconds", seconds, f"{why}: clips are kept to {seconds:g} s"
+                  + ("" if asr or f.clip_max <= seconds else " (the rest is cut, counted in the data report)"))]
+    if f.model.audio_window and seconds < 30:
+        out.append(Choice("model.audio_ctx", int(50 * seconds), f"Whisper's encoder window cut from 30 s to "
+                          f"{seconds:g} s (50 frames a second): the encoder's cost falls with it"))
     return out
 
 
@@ -237,7 +268,7 @@ def model_facts(model_cfg) -> ModelFacts:
         sentence = (folder / "modules.json").is_file() or (folder / "sentence_bert_config.json").is_file()
         return ModelFacts(model_cfg.name, modality, sentence, hidden, params)
     return ModelFacts(model_cfg.name, modality, input_size=_timm_input_size(resolved.name) if source == "timm"
-                      else None)
+                      else None, audio_window=source == "hf-speech")
 
 
 def _read_json(path: Path) -> dict:
@@ -258,13 +289,16 @@ def _timm_input_size(name: str) -> Optional[int]:
 
 def data_facts(cfg, report: dict, modality: str, train_ex, model: ModelFacts) -> Facts:
     counts = report.get("class_counts")
+    seconds = clip_seconds(train_ex.inputs) if modality == "audio" else []
     width, height = report.get("image_width") or {}, report.get("image_height") or {}
     pairs = bool(cfg.data.text_pair_column) or bool(len(train_ex) and isinstance(train_ex.inputs[0], tuple))
     return Facts(task=cfg.task.type, modality=modality, rows=report["train_examples"],
                  val_rows=report["val_examples"], classes=len(counts) if counts else None,
                  imbalance=report.get("imbalance_ratio"), pairs=pairs and modality == "text",
                  words_p95=(report.get("text_words") or {}).get("p95"),
-                 image_side=min(width["p50"], height["p50"]) if width and height else None, model=model)
+                 image_side=min(width["p50"], height["p50"]) if width and height else None,
+                 clip_p99=float(np.percentile(seconds, 99)) if seconds else None,
+                 clip_max=max(seconds) if seconds else None, model=model)
 
 
 # ---------------------------------------------------------------- applying the choices
@@ -286,7 +320,7 @@ def apply_preset(cfg, report: dict, modality: str, train_ex, log=print):
     """→ (the config with the preset's choices laid under the recipe's own keys, the record for summary.json)."""
     from tuneforge.config import apply_overrides, explicit_keys, validate
 
-    if modality not in ("text", "image"):
+    if modality not in ("text", "image", "audio"):
         log(f"preset auto: no rules for {modality} data yet; the recipe's values are used")
         return cfg, {"size_class": None, "strategy": None, "choices": []}
     explicit = explicit_keys(cfg)
@@ -301,9 +335,10 @@ def apply_preset(cfg, report: dict, modality: str, train_ex, log=print):
             c.value, c.source = _get(raw, c.key), "recipe"
         else:
             apply_overrides(raw, {c.key: c.value})
-    log(f"preset auto: {facts.rows} {'images' if modality == 'image' else 'examples'} ({size}); strategy "
-        f"{strategy}{' (set in the recipe)' if own else ''}; model {facts.model.name}"
-        f"{'' if modality == 'image' else f'; labels from column {cfg.data.label_column!r}'}")
+    noun = {"image": "images", "audio": "clips"}.get(modality, "examples")
+    column = f"; labels from column {cfg.data.label_column!r}" if modality == "text" else ""
+    log(f"preset auto: {facts.rows} {noun} ({size}); strategy {strategy}{' (set in the recipe)' if own else ''}; "
+        f"model {facts.model.name}{column}")
     if size == "tiny":
         log(f"preset auto: small data ({facts.rows} examples) is handled: {SMALL_DATA[strategy]}")
     for c in choices:

@@ -8,7 +8,7 @@ from typing import Optional
 
 from tuneforge.errors import ConfigError
 
-DEFAULT_MODELS = {"text": "minilm-l6", "image": "efficientnet-lite0"}
+DEFAULT_MODELS = {"text": "minilm-l6", "image": "efficientnet-lite0", "audio": "whisper-base"}
 
 
 LABEL_COLUMNS = ("label", "labels", "score", "target", "y", "class", "category", "sentiment", "rating")
@@ -41,18 +41,25 @@ def _label_column(folder: Path) -> Optional[str]:
 
 
 def default_model(raw: dict) -> str:
-    """The model for a recipe that names none: minilm-l6 for text, efficientnet-lite0 for images."""
+    """The model for a recipe that names none: minilm-l6 for text, efficientnet-lite0 for images, whisper-base
+    for audio files and speech recognition."""
+    from tuneforge.data.audio_readers import AUDIO_SUFFIXES
     from tuneforge.data.images import IMAGE_SUFFIXES
 
     data = raw.get("data") or {}
+    task = raw.get("task")
+    if (task.get("type") if isinstance(task, dict) else task) == "asr":
+        return DEFAULT_MODELS["audio"]
     if data.get("source"):
         return DEFAULT_MODELS["image"]  # the built-in sources are image sets (sklearn-digits)
-    root = Path(str(data.get("train") or data.get("dir") or "")).expanduser()
+    root = Path(str(data.get("dir") or "")).expanduser() / str(data.get("train") or "")  # train: relative to dir
     if not root.exists():
         raise ConfigError(f"preset auto: data '{root}' does not exist; set data.dir (or model.name)")
     files = [root] if root.is_file() else [p for p in sorted(root.rglob("*"))[:2000] if p.is_file()]
     if any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
         return DEFAULT_MODELS["image"]
+    if any(p.suffix.lower() in AUDIO_SUFFIXES for p in files):
+        return DEFAULT_MODELS["audio"]
     if any(p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt", ".conll") for p in files):
         return DEFAULT_MODELS["text"]
     raise ConfigError(f"preset auto: no text tables or images under '{root}'; set model.name for this data")
