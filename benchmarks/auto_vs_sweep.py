@@ -46,7 +46,8 @@ SETS = {
                     "space": IMAGE_SPACE, "sweep_set": IMAGE_FINE_TUNE},
     "conll": {"data": DATA / "conll2003", "task": "token_classification", "shipped": "recipes/conll2003.yaml",
               "slice": ["data.max_train_samples=2000"], "space": TEXT_SPACE},
-    "stsb": {"data": DATA / "stsb", "task": "regression", "shipped": "recipes/stsb.yaml",
+    # compared on the shipped recipe's metric (auto keeps the model by MSE, regression's default)
+    "stsb": {"data": DATA / "stsb", "task": "regression", "shipped": "recipes/stsb.yaml", "metric": "pearson",
              "slice": ["data.max_train_samples=2000"], "space": TEXT_SPACE},
     # FSDD's layout (file names hold the label; the customary test split by name), not tuning: given to every part
     "fsdd": {"data": DATA / "fsdd", "task": "classification", "shipped": "recipes/fsdd.yaml",
@@ -121,12 +122,14 @@ def run_part(name: str, part: str, args) -> dict:
            "command": " ".join(cmd), "load_avg": os.getloadavg(), "plan": plan}
     if proc.returncode != 0:
         return {**row, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-    return {**row, **(sweep_result(out) if part == "sweep" else run_result(out))}
+    result = sweep_result if part == "sweep" else run_result
+    return {**row, **result(out, spec.get("metric"))}
 
 
-def run_result(run_dir: Path) -> dict:
+def run_result(run_dir: Path, metric=None) -> dict:
+    """The kept model's `metric` (by default: the run's own) on validation, and on test where there is one."""
     s = json.loads((run_dir / "summary.json").read_text())
-    metric = s["metric"]
+    metric = metric or s["metric"]
     test = (s.get("test") or {}).get(metric)
     loop = s["train_seconds"] - s["eval_seconds"]
     return {"metric": metric, "value": s["eval"][metric], "test": test, "train_s": s["train_seconds"],
@@ -134,12 +137,12 @@ def run_result(run_dir: Path) -> dict:
             "peak_rss_mb": s["peak_rss_mb"], "preset": s.get("preset")}
 
 
-def sweep_result(out: Path) -> dict:
+def sweep_result(out: Path, metric=None) -> dict:
     """The best trial's kept model, from its run folder (the sweep table names it in best.yaml's folder)."""
     rows = []
     for trial in sorted(out.glob("trial-*")):
         if (trial / "summary.json").is_file():
-            r = run_result(trial)
+            r = run_result(trial, metric)
             rows.append({**r, "trial": trial.name, "pruned": "pruned" in json.loads(
                 (trial / "summary.json").read_text()).get("stop_reason", "")})
     done = [r for r in rows if not r["pruned"]]
@@ -178,10 +181,15 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/auto_vs_sweep.json")
     p.add_argument("--set", action="append", default=[], help="extra recipe overrides for every command")
     p.add_argument("--table", action="store_true")
+    p.add_argument("--rescore", action="store_true", help="re-read the rows' run folders (after a metric change)")
     p.add_argument("--plan", action="store_true", help="run `tuneforge plan` right before each train command")
     args = p.parse_args()
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.is_file() else []
+    if args.rescore:
+        rows = [{**r, **(sweep_result if r["part"] == "sweep" else run_result)(Path(r["run"]), SETS[r["set"]].get(
+            "metric"))} if "error" not in r else r for r in rows]
+        out.write_text(json.dumps(rows, indent=1) + "\n")
     for name in [s for s in args.sets.split(",") if s]:
         for part in args.parts.split(","):
             row = run_part(name, part, args)
