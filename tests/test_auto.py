@@ -380,11 +380,23 @@ def test_lr_auto_finds_a_head_lr_and_a_body_lr_for_fine_tune(text_recipe, tmp_pa
     tests = r.summary["lr_auto"]["tests"]
     assert set(tests) == {"head", "body"} and set(tests["body"]["suggestions"]) == {"steepest", "valley",
                                                                                    "minimum/10"}
-    assert r.summary["lr"] == tests["body"]["suggested_lr"]
-    assert r.summary["lr_auto"]["head_phase_lr"] == tests["head"]["suggested_lr"]
+    for test in tests.values():  # the suggestion, or the prior where the two are more than half a decade apart
+        kept = test["guard"].startswith("within")
+        assert test["used_lr"] == (test["suggested_lr"] if kept else float(test["guard"].split("prior ")[1].split()[0]))
+    assert r.summary["lr"] == tests["body"]["used_lr"]
+    assert r.summary["lr_auto"]["head_phase_lr"] == tests["head"]["used_lr"]
     log = (r.run_dir / "train.log").read_text()
-    assert "lr-find (the new head)" in log and "cached backbone features" in log
-    assert f"phase head: 8 steps (8/epoch), batch 16 x accum 1, adamw lr {tests['head']['suggested_lr']:g}" in log
+    assert "lr-find (the new head)" in log and "cached backbone features" in log and "lr-find (body): lr" in log
+    assert f"phase head: 8 steps (8/epoch), batch 16 x accum 1, adamw lr {tests['head']['used_lr']:g}" in log
+
+
+def test_lr_auto_keeps_a_suggestion_only_near_the_prior():
+    from tuneforge.engine.lr_find import guard
+
+    assert guard(5.3e-5, 1e-4, "width")[0] == 5.3e-5 and guard(3e-4, 1e-4, "width")[0] == 3e-4
+    lr, why = guard(5e-4, 2e-5, "siamese head")  # a head that starts good: the loss falls far past a fine-tuning LR
+    assert lr == 2e-5 and "0.0005 is more than half a decade from the prior 2e-05 (siamese head)" in why
+    assert guard(1e-6, 1e-4, "width")[0] == 1e-4
 
 
 def test_lr_suggestions_on_synthetic_curves():

@@ -301,6 +301,14 @@ def data_facts(cfg, report: dict, modality: str, train_ex, model: ModelFacts) ->
                  clip_max=max(seconds) if seconds else None, model=model)
 
 
+def lr_priors(cfg, report: dict, modality: str, train_ex) -> dict:
+    """The LRs these rules would pick for the recipe's own strategy: {"head": (lr, reason), "body": (lr, reason)}.
+    `lr: auto` keeps a range test's suggestion only near them (engine/lr_find.guard)."""
+    facts = data_facts(cfg, report, modality, train_ex, model_facts(cfg.model))
+    strategy = recipe_strategy(cfg, set(STRATEGY_KEYS)) or "full_fine_tune"
+    return {"head": base_lr(facts, "linear_probe"), "body": base_lr(facts, strategy)}
+
+
 # ---------------------------------------------------------------- applying the choices
 
 

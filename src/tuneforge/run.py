@@ -323,7 +323,8 @@ def prepare_training(setup: Setup, folder: RunFolder, log, started: Optional[flo
 def choose_lrs(setup: Setup, plot_dir: Path, log) -> dict:
     """lr: auto: the LR range test once for the new head alone (a head phase or a linear probe; on cached backbone
     features where they apply), once for the whole model (the phase that trains it) → {lr, head_phase_lr, tests}."""
-    from tuneforge.engine.lr_find import RULES, lr_range_test
+    from tuneforge.engine.lr_find import RULES, guard, lr_range_test
+    from tuneforge.presets import lr_priors
 
     cfg, tc, bundle, quiet = setup.cfg, setup.cfg.train, setup.bundle, (lambda *_: None)
     phases = plan_phases(tc, 1.0)  # which kinds of phases run; their LRs come from here
@@ -344,10 +345,15 @@ def choose_lrs(setup: Setup, plot_dir: Path, log) -> dict:
         tests["body"] = lr_range_test(bundle, setup.task, setup.train_loader, tc, setup.accelerator,
                                       plot_dir / "lr_find.png", log, what="the whole model", rule=RULES["body"],
                                       fixed=fixed)
-    lr = (tests.get("body") or tests["head"])["suggested_lr"]
-    head_lr = tests["head"]["suggested_lr"] if "head" in tests and body_phase is not None else None
+    priors = lr_priors(cfg, setup.report, bundle.modality, setup.train_ex)
+    for kind, test in tests.items():
+        test["used_lr"], test["guard"] = guard(test["suggested_lr"], *priors[kind])
+        log(f"lr-find ({kind}): lr {test['used_lr']:.3g}: {test['guard']}")
+    lr = (tests.get("body") or tests["head"])["used_lr"]
+    head_lr = tests["head"]["used_lr"] if "head" in tests and body_phase is not None else None
     return {"lr": lr, "head_phase_lr": head_lr,
-            "tests": {k: {"suggested_lr": v["suggested_lr"], "rule": v["rule"], "suggestions": v["suggestions"],
+            "tests": {k: {"suggested_lr": v["suggested_lr"], "used_lr": v["used_lr"], "guard": v["guard"],
+                          "rule": v["rule"], "suggestions": v["suggestions"],
                           "curve": [[float(f"{a:.3g}"), round(b, 4)] for a, b in zip(v["lrs"], v["losses"])]}
                       for k, v in tests.items()}}
 

@@ -6,7 +6,8 @@ which it keeps falling) and `minimum/10` (a tenth of the LR at its minimum). All
 runs one test per kind of phase (run.choose_lrs) and uses `RULES`: for the new head alone (on cached backbone
 features where possible) the valley; for the pretrained body, with the head held at train.head_lr when one is set,
 a tenth of the LR at the loss minimum (the valley and the steepest point wander on curves that barely move before
-the loss turns up; benchmarks/lr_auto_check.py)."""
+the loss turns up; benchmarks/lr_auto_check.py). The suggestion is used only within half a decade of the LR the
+preset's rules give for the model and data (`guard`); further away, the prior is used and the log says why."""
 from __future__ import annotations
 
 import copy
@@ -21,6 +22,17 @@ from tuneforge.engine.snapshot import capture_rng, restore_rng
 
 
 RULES = {"head": "valley", "body": "minimum/10"}  # the suggestion used, by what the test sweeps
+TRUST = 10 ** 0.5  # a suggestion more than half a decade from the prior is not trusted
+
+
+def guard(suggested: float, prior: float, why: str) -> tuple[float, str]:
+    """The range test's suggestion, or the prior when they are more than half a decade apart → (lr, what was done).
+    A range test confounds the LR with training progress: a head that starts good (a siamese cosine head) or an
+    output that cannot blow up keeps the loss falling far past a fine-tuning LR, and its minimum lands there."""
+    if prior / TRUST <= suggested <= prior * TRUST:
+        return suggested, f"within half a decade of the prior {prior:g} ({why})"
+    return prior, (f"the suggestion {suggested:.3g} is more than half a decade from the prior {prior:g} ({why}): the "
+                   "prior is used")
 
 
 def lr_range_test(bundle, task, loader, tc, accelerator, plot_path: Path | None, log=print,
