@@ -85,7 +85,7 @@ def table(rows: list[dict]) -> str:
         if auto:
             a = auto[-1]
             ok = a["value"] <= median if minimize else a["value"] >= median
-            lines.append(f"| {name} | {shown} | {median:.4f} | {a['picked_lr']} | {a['value']:.4f} | "
+            lines.append(f"| {name} | {shown} | {median:.4f} | {a['picked_lr']:.3g} | {a['value']:.4f} | "
                          f"{'yes' if ok else 'NO'} |")
         else:
             lines.append(f"| {name} | {shown} | {median:.4f} | - | - | - |")
