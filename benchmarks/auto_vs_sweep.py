@@ -115,8 +115,8 @@ def run_part(name: str, part: str, args) -> dict:
     else:
         space = Path(tempfile.mkdtemp()) / "space.yaml"
         space.write_text(yaml.safe_dump(spec["space"]))
-        cmd = tf + ["sweep", spec["shipped"], "--space", str(space), "--trials", str(args.trials), "--output",
-                    str(out)] + sets_args([f"data.dir={spec['data']}"] + spec.get("sweep_set", []) + common)
+        cmd = tf + ["sweep", spec["shipped"], "--space", str(space), "--trials", str(args.trials), "--jobs",
+                    str(args.jobs), "--output", str(out)] + sets_args([f"data.dir={spec['data']}"] + spec.get("sweep_set", []) + common)
     proc, wall, cpu = timed(cmd, args.core)
     row = {"set": name, "part": part, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "run": str(out),
            "command": " ".join(cmd), "load_avg": os.getloadavg(), "plan": plan}
@@ -176,6 +176,7 @@ def main() -> None:
     p.add_argument("--sets", default="")
     p.add_argument("--parts", default="shipped,auto,sweep")
     p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--jobs", type=int, default=1, help="sweep trials in parallel (1 thread each; compare CPU time)")
     p.add_argument("--core", type=int, help="pin every command to this CPU core (taskset)")
     p.add_argument("--runs", default="runs/auto_vs_sweep")
     p.add_argument("--out", default="benchmarks/results/auto_vs_sweep.json")
