@@ -113,9 +113,11 @@ def test_speech_cuts_clips_and_the_encoder_window_to_the_data():
     _, _, asr = chosen(facts(700, "audio", task="asr", classes=None, clip_p99=4.0, clip_max=5.2, model=WHISPER))
     assert asr["data.max_seconds"] == 6.0 and asr["model.audio_ctx"] == 300  # recognition keeps every clip whole
     assert "train.head_lr" not in asr and asr["train.epochs"] == 10  # no new head; tiny set
-    spectrogram = ModelFacts("efficientnet-lite0", "audio")  # an image CNN on spectrograms has no window to cut
+    spectrogram = ModelFacts("efficientnet-lite0", "audio", spectrogram_cnn=True)  # no window to cut
     _, _, cnn = chosen(facts(2_700, "audio", clip_p99=3.2, clip_max=9.0, model=spectrogram))
-    assert cnn["data.max_seconds"] == 4.0 and "model.audio_ctx" not in cnn
+    assert cnn["data.max_seconds"] == 4.0 and "model.audio_ctx" not in cnn and cnn["train.lr"] == 1e-3
+    _, _, ast = chosen(facts(2_700, "audio", clip_p99=3.2, clip_max=9.0, model=ModelFacts("ast", "audio")))
+    assert "model.audio_ctx" not in ast and ast["train.lr"] == 5e-5  # a speech transformer: the width rule
     _, _, long = chosen(facts(2_700, "audio", clip_p99=40.0, clip_max=60.0, model=WHISPER))
     assert long["data.max_seconds"] == 30.0 and "model.audio_ctx" not in long  # the full window
 

@@ -36,6 +36,7 @@ class ModelFacts:
     params: Optional[int] = None  # approximate, from the model's config
     input_size: Optional[int] = None  # image models: the side they were trained at
     audio_window: bool = False  # a Whisper encoder, whose 30-s window model.audio_ctx can trim
+    spectrogram_cnn: bool = False  # an image model on spectrograms (model.input: spectrogram)
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,9 @@ def base_lr(f: Facts, strategy: str) -> tuple[float, str]:
         return 1e-2, "a linear head alone on fixed features takes a large LR"
     if strategy == "lora":
         return 5e-4, "adapters start at zero and need a larger LR than full fine-tuning"
-    if f.modality == "image":
+    if f.modality == "image" or f.model.spectrogram_cnn:
         return 1e-3, "the top layer group's LR for fine_tune (fastai's default order of magnitude)"
-    if f.modality == "audio":
+    if f.model.audio_window:
         return 5e-5, "Whisper fine-tunes at ~1/20-1/40 of its pretraining LR (1e-3 for base)"
     width = f.model.hidden or 768
     lr = 1e-4 if width <= 384 else 5e-5 if width <= 768 else 2e-5
@@ -267,8 +268,10 @@ def model_facts(model_cfg) -> ModelFacts:
         params = 12 * layers * hidden ** 2 + config.get("vocab_size", 0) * hidden if hidden and layers else None
         sentence = (folder / "modules.json").is_file() or (folder / "sentence_bert_config.json").is_file()
         return ModelFacts(model_cfg.name, modality, sentence, hidden, params)
+    whisper = source == "hf-speech" and (_read_json(folder / "config.json").get("model_type") == "whisper"
+                                         or "whisper" in model_cfg.name.lower())
     return ModelFacts(model_cfg.name, modality, input_size=_timm_input_size(resolved.name) if source == "timm"
-                      else None, audio_window=source == "hf-speech")
+                      else None, audio_window=whisper, spectrogram_cnn=source == "spectrogram")
 
 
 def _read_json(path: Path) -> dict:
