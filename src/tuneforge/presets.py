@@ -290,9 +290,10 @@ def _timm_input_size(name: str) -> Optional[int]:
         return None
 
 
-def data_facts(cfg, report: dict, modality: str, train_ex, model: ModelFacts) -> Facts:
+def data_facts(cfg, report: dict, modality: str, train_ex, model: ModelFacts, durations: bool = True) -> Facts:
+    """`durations`: read the clips' headers (only the audio window rules need them)."""
     counts = report.get("class_counts")
-    seconds = clip_seconds(train_ex.inputs) if modality == "audio" else []
+    seconds = clip_seconds(train_ex.inputs) if modality == "audio" and durations else []
     width, height = report.get("image_width") or {}, report.get("image_height") or {}
     pairs = bool(cfg.data.text_pair_column) or bool(len(train_ex) and isinstance(train_ex.inputs[0], tuple))
     return Facts(task=cfg.task.type, modality=modality, rows=report["train_examples"],
@@ -307,7 +308,7 @@ def data_facts(cfg, report: dict, modality: str, train_ex, model: ModelFacts) ->
 def lr_priors(cfg, report: dict, modality: str, train_ex) -> dict:
     """The LRs these rules would pick for the recipe's own strategy: {"head": (lr, reason), "body": (lr, reason)}.
     `lr: auto` keeps a range test's suggestion only near them (engine/lr_find.guard)."""
-    facts = data_facts(cfg, report, modality, train_ex, model_facts(cfg.model))
+    facts = data_facts(cfg, report, modality, train_ex, model_facts(cfg.model), durations=False)  # LRs need none
     strategy = recipe_strategy(cfg, set(STRATEGY_KEYS)) or "full_fine_tune"
     return {"head": base_lr(facts, "linear_probe"), "body": base_lr(facts, strategy)}
 
