@@ -6,7 +6,8 @@
 Each part is one `tuneforge` command in its own process, 1 torch thread (`--core N` pins it to one core with
 taskset, so a sweep's trials get 1 thread too), its wall time and CPU time (user + sys of the process and its
 children) recorded next to the validation metric of the kept model (and the test split's, where there is one):
-- shipped: the shipped recipe for that kind of data, `--set data.dir=...` (plus the slice, where one is used);
+- shipped: the shipped recipe for that kind of data, `--set data.dir=...` (plus the slice, where one is used and
+  --full is not given);
 - auto: `tuneforge train --data DIR --task T` (preset: auto, nothing else set; plus the slice);
 - sweep: `tuneforge sweep` over the shipped recipe (for the hand photos: its fine-tuning variant) with SPACES.
 With --plan, `tuneforge plan --json` runs right before each train command with the same settings, and its
@@ -103,7 +104,8 @@ def planned(name: str, part: str, common: list[str], args) -> dict:
 def run_part(name: str, part: str, args) -> dict:
     spec = SETS[name]
     out = Path(args.runs) / f"{name}-{part}"
-    common = ["train.threads=1", "output.progress=false"] + spec.get("layout", []) + spec.get("slice", []) + args.set
+    slice_ = [] if args.full else spec.get("slice", [])
+    common = ["train.threads=1", "output.progress=false"] + spec.get("layout", []) + slice_ + args.set
     tf = [sys.executable, "-m", "tuneforge"]
     plan = planned(name, part, common, args) if args.plan and part != "sweep" else None
     if part == "shipped":
@@ -180,6 +182,7 @@ def main() -> None:
     p.add_argument("--core", type=int, help="pin every command to this CPU core (taskset)")
     p.add_argument("--runs", default="runs/auto_vs_sweep")
     p.add_argument("--out", default="benchmarks/results/auto_vs_sweep.json")
+    p.add_argument("--full", action="store_true", help="all the training data: drop the sets' slices")
     p.add_argument("--set", action="append", default=[], help="extra recipe overrides for every command")
     p.add_argument("--table", action="store_true")
     p.add_argument("--rescore", action="store_true", help="re-read the rows' run folders (after a metric change)")
