@@ -101,6 +101,13 @@ def test_sweep_prunes_resumes_and_writes_best(files, tmp_path, capsys, monkeypat
     assert "optimisation history" in html and "<script" not in html and "http://" not in html
 
 
+def test_two_jobs_share_the_study(files, tmp_path):
+    recipe_path, space_path, _ = files
+    result = run_sweep(recipe_path, space_path, 2, jobs=2, output=tmp_path / "two", log=quiet)
+    assert [t["state"] for t in result.trials] == ["complete", "complete"]
+    assert (tmp_path / "two" / "best.yaml").is_file()
+
+
 def test_failed_trial_is_recorded_and_the_sweep_goes_on(files, tmp_path):
     recipe_path, _, _ = files
     space = write_yaml(tmp_path / "bad.yaml", {"data.text_column": {"type": "categorical", "choices": ["nope"]}})
@@ -119,6 +126,59 @@ def test_stale_running_trials_are_marked_interrupted(tmp_path):
     trial = optuna.load_study(study_name="sweep", storage=storage).trials[0]
     assert trial.state.name == "FAIL" and trial.user_attrs["interrupted"]
     assert mark_interrupted(storage) == 0
+
+
+KILLED_PARENT = """
+import multiprocessing, sys, time
+from tuneforge.sweep import die_with_parent
+
+def child(parent_pid, path):
+    die_with_parent(parent_pid)
+    open(path, "w").write(str(multiprocessing.current_process().pid))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    import os
+    multiprocessing.get_context("spawn").Process(target=child, args=(os.getpid(), sys.argv[1])).start()
+    time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a zombie has stopped; only its exit status waits to be collected
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_sweep_worker_stops_when_the_sweep_process_is_killed(tmp_path):
+    """`kill -9` of a `--jobs 2` sweep once left its spawned workers training on for 20 minutes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script, pid_file = tmp_path / "parent.py", tmp_path / "child.pid"
+    script.write_text(KILLED_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    try:
+        deadline = time.time() + 60
+        while not pid_file.is_file() or not pid_file.read_text():
+            assert time.time() < deadline and parent.poll() is None, "the child never started"
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 10
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the worker outlived the killed sweep process"
+    finally:
+        parent.kill()
+        if pid_file.is_file() and pid_file.read_text() and _alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 def test_setup_direction_threads_and_shared_mlflow_store(files, tmp_path, monkeypatch):

@@ -18,6 +18,8 @@ import importlib.util
 import math
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -289,18 +291,41 @@ def _threads(jobs: int, recipe_threads: Optional[int]) -> int:
     return min(share, recipe_threads) if recipe_threads else share
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: this process gets SIGTERM when `parent_pid` dies, even by SIGKILL, so that killing a sweep never
+    leaves its workers training on unseen (their RUNNING trials are marked interrupted by the next sweep)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(setup: SweepSetup, n_trials: int, worker: int, timeout: Optional[float], parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    work(setup, n_trials, worker, timeout)
+
+
 def _run_workers(setup: SweepSetup, remaining: int, jobs: int, timeout: Optional[float]) -> None:
     if jobs == 1:
         work(setup, remaining, 0, timeout)
         return
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch / sqlite state
     shares = [remaining // jobs + (i < remaining % jobs) for i in range(min(jobs, remaining))]
-    procs = [ctx.Process(target=work, args=(setup, n, i, timeout), name=f"sweep-worker-{i}")
+    procs = [ctx.Process(target=_worker, args=(setup, n, i, timeout, os.getpid()), name=f"sweep-worker-{i}")
              for i, n in enumerate(shares)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    finally:  # Ctrl-C or an error here: the workers stop with the sweep
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join()
     failed = [f"{p.name} (exit code {p.exitcode})" for p in procs if p.exitcode]
     if failed:
         raise TuneforgeError(f"sweep worker(s) {', '.join(failed)} stopped; the study in {setup.output}/study.db "
