@@ -9,6 +9,7 @@ children) recorded next to the validation metric of the kept model (and the test
 - shipped: the shipped recipe for that kind of data, `--set data.dir=...` (plus the slice, where one is used and
   --full is not given);
 - auto: `tuneforge train --data DIR --task T` (preset: auto, nothing else set; plus the slice);
+- probe: auto with `--set probe.enabled=true` (the strategy measured on a split of train first, probe.py);
 - sweep: `tuneforge sweep` over the shipped recipe (for the hand photos: its fine-tuning variant) with SPACES.
 With --plan, `tuneforge plan --json` runs right before each train command with the same settings, and its
 estimates (time per epoch, whole run, peak RSS) are stored next to what the run measured.
@@ -111,9 +112,10 @@ def run_part(name: str, part: str, args) -> dict:
     if part == "shipped":
         cmd = tf + ["train", spec["shipped"], "--output", str(out), "--overwrite", "--quiet"] + \
             sets_args([f"data.dir={spec['data']}"] + common)
-    elif part == "auto":
+    elif part in ("auto", "probe"):
+        probe = ["probe.enabled=true"] if part == "probe" else []
         cmd = tf + ["train", "--data", str(spec["data"]), "--task", spec["task"], "--output", str(out),
-                    "--overwrite", "--quiet"] + sets_args(common)
+                    "--overwrite", "--quiet"] + sets_args(common + probe)
     else:
         space = Path(tempfile.mkdtemp()) / "space.yaml"
         space.write_text(yaml.safe_dump(spec["space"]))
@@ -157,8 +159,8 @@ def sweep_result(out: Path, metric=None) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| set | shipped | auto | sweep best | auto - best shipped/sweep | auto time / sweep time (wall; CPU) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| set | shipped | auto | auto + probe | sweep best | auto - best shipped/sweep | auto time / sweep time "
+             "(wall; CPU) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name in SETS:
         got = {r["part"]: r for r in rows if r["set"] == name and r.get("value") is not None}
         if not got:
@@ -169,7 +171,8 @@ def table(rows: list[dict]) -> str:
         diff = f"{got['auto']['value'] - ref:+.4f}" if "auto" in got and ref is not None else "-"
         ratio = (f"{got['auto']['wall_s'] / got['sweep']['wall_s']:.2f}; "
                  f"{got['auto']['cpu_s'] / got['sweep']['cpu_s']:.2f}") if "auto" in got and "sweep" in got else "-"
-        lines.append(f"| {name} | {cell('shipped')} | {cell('auto')} | {cell('sweep')} | {diff} | {ratio} |")
+        lines.append(f"| {name} | {cell('shipped')} | {cell('auto')} | {cell('probe')} | {cell('sweep')} | {diff} | "
+                     f"{ratio} |")
     return "\n".join(lines)
 
 

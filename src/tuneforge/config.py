@@ -318,6 +318,16 @@ class OutputConfig(_Section):
     report: bool = True  # write report.html (curves, per-task charts, worst mistakes) at the end of the run
 
 
+class ProbeConfig(_Section):
+    # preset: auto only (probe.py): try the candidate strategies, cheapest first, each for the same short time on
+    # part of train, scored on a held-out part of train (never the validation split); train the best one
+    enabled: bool = False
+    seconds: float = Field(120.0, gt=0.0)  # per candidate, when train.time_budget is not set
+    budget_share: float = Field(0.2, gt=0.0, lt=1.0)  # with train.time_budget: this part of it, for all candidates
+    rows: int = Field(2_000, gt=1)  # at most this many train rows train each candidate
+    holdout: float = Field(0.2, gt=0.0, lt=1.0)  # the part of train held out to score them
+
+
 class Config(_Section):
     # auto: choose the strategy, schedule, batch size, regularisation, ... from the data report and the model
     # (presets.py); every key the recipe sets itself wins over the preset's choice
@@ -329,6 +339,7 @@ class Config(_Section):
     eval: EvalConfig = EvalConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     output: OutputConfig = OutputConfig()
+    probe: ProbeConfig = ProbeConfig()
 
     @field_validator("task", mode="before")
     @classmethod
@@ -348,6 +359,8 @@ class Config(_Section):
                              "train.head_epochs or train.freeze: backbone")
         if t.gradual_unfreeze and t.head_epochs <= 0:
             raise ValueError("train.gradual_unfreeze follows a head-only phase; set train.head_epochs (e.g. 1)")
+        if self.probe.enabled and self.preset != "auto":
+            raise ValueError("probe.enabled compares the strategies preset: auto can choose; set preset: auto")
         return self
 
     @property

@@ -59,6 +59,9 @@ def plan(recipe, overrides=None) -> dict:
 
     lines: list[str] = []
     cfg = load_config(recipe, overrides)
+    if cfg.probe.enabled:  # the probe trains; plan never does
+        lines.append("plan: the strategy probe is not run; this is the plan for the strategy the preset's rules pick")
+        cfg = cfg.model_copy(update={"probe": cfg.probe.model_copy(update={"enabled": False})})
     t0 = time.perf_counter()
     setup = prepare(cfg, lines.append)
     startup = time.perf_counter() - t0

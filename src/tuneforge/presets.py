@@ -328,8 +328,9 @@ def recipe_strategy(cfg, explicit: set[str]) -> Optional[str]:
     return "fine_tune" if t.head_epochs > 0 else "full_fine_tune"
 
 
-def apply_preset(cfg, report: dict, modality: str, train_ex, log=print):
-    """→ (the config with the preset's choices laid under the recipe's own keys, the record for summary.json)."""
+def apply_preset(cfg, report: dict, modality: str, train_ex, log=print, strategy_from: str = "set in the recipe"):
+    """→ (the config with the preset's choices laid under the recipe's own keys, the record for summary.json).
+    `strategy_from`: what set the strategy keys, when the recipe has them (the log says so)."""
     from tuneforge.config import apply_overrides, explicit_keys, validate
 
     if modality not in ("text", "image", "audio"):
@@ -349,7 +350,7 @@ def apply_preset(cfg, report: dict, modality: str, train_ex, log=print):
             apply_overrides(raw, {c.key: c.value})
     noun = {"image": "images", "audio": "clips"}.get(modality, "examples")
     column = f"; labels from column {cfg.data.label_column!r}" if modality == "text" else ""
-    log(f"preset auto: {facts.rows} {noun} ({size}); strategy {strategy}{' (set in the recipe)' if own else ''}; "
+    log(f"preset auto: {facts.rows} {noun} ({size}); strategy {strategy}{f' ({strategy_from})' if own else ''}; "
         f"model {facts.model.name}{column}")
     if size == "tiny":
         log(f"preset auto: small data ({facts.rows} examples) is handled: {SMALL_DATA[strategy]}")

@@ -43,6 +43,7 @@ from tuneforge.metrics import scalars
 from tuneforge.models import MODEL_SOURCES, create_model, resolve_source, save_model
 from tuneforge.models.base import write_json
 from tuneforge.presets import apply_preset
+from tuneforge.probe import probe_strategy
 from tuneforge.tasks import Task, create_task
 from tuneforge.tasks.base import Built
 from tuneforge.trackers import create_trackers, require_packages
@@ -117,18 +118,19 @@ class Training:
 def train(recipe: str | Path | dict, overrides: dict[str, Any] | list[str] | None = None, *,
           output: Optional[str] = None, overwrite: bool = False, resume: bool = False, quiet: bool = False,
           callbacks: tuple[Callback, ...] = (), accept_changes: bool = False,
-          started: Optional[float] = None) -> RunResult:
+          started: Optional[float] = None, examples: Optional[tuple] = None) -> RunResult:
     """resume=True continues the run in the output folder from its latest checkpoint (or starts it);
     accept_changes=True lets it continue although threads, precision or library versions changed.
     `callbacks` are added to every phase's callbacks (before the checkpointer, which saves their effect).
     `started`: the time.perf_counter() value train.time_budget counts from (default: now; the CLI passes its
-    process start, so imports count too)."""
+    process start, so imports count too). `examples`: (train, val, test) Examples instead of the recipe's files
+    (the strategy probe's split of train)."""
     world = dist.World.from_env()
     log, state = RunLog(quiet) if world.main else SilentLog(), LoopState()  # rank 0 speaks for every process
     started = time.perf_counter() if started is None else started
     cfg = load_config(recipe, overrides)
     with oom_as_error(cfg, state):
-        setup = prepare(cfg, log)
+        setup = prepare(cfg, log, examples)
         opener = partial(open_run_folder, setup.cfg, output, overwrite, resume, _user_paths(recipe, cfg), log)
         with shared_run_folder(world, setup.accelerator, opener) as folder:  # rank 0 opens it, the others follow
             if folder.finished:
@@ -191,7 +193,7 @@ def _user_paths(recipe, cfg: Config) -> list[Path]:
 # ---------------------------------------------------------------- 1. prepare: everything checked, nothing written
 
 
-def prepare(cfg: Config, log) -> Setup:
+def prepare(cfg: Config, log, examples: Optional[tuple] = None) -> Setup:
     """Task, data, model and what trains, every check done (labels, files, images, losses, metric, trainable
     parameters) and nothing written yet."""
     world = dist.World.from_env()
@@ -202,14 +204,14 @@ def prepare(cfg: Config, log) -> Setup:
     task = create_task(cfg, log)
     require_packages(cfg.output.loggers)
     modality = MODEL_SOURCES.get(resolve_source(cfg.model)[0]).modality
-    train_ex, val_ex, test_ex = task.read_examples(modality)
+    train_ex, val_ex, test_ex = examples or task.read_examples(modality)
     task.fit_labels(train_ex, val_ex)
     report = build_report(train_ex, val_ex, modality, task.class_counts(train_ex))
     for line in describe(report):
         log(line)
     preset = None
     if cfg.preset == "auto":  # the recipe, chosen from the data report; the task is rebuilt on it
-        cfg, preset = apply_preset(cfg, report, modality, train_ex, log)
+        cfg, preset = auto_recipe(cfg, report, modality, train_ex, task, log)
         task = create_task(cfg, log)
         task.fit_labels(train_ex, val_ex)
     report["imbalance_remedy"] = task.choose_imbalance(report)
@@ -235,6 +237,17 @@ def prepare(cfg: Config, log) -> Setup:
     return Setup(cfg, task, bundle, accelerator, precision, threads, train_ex, val_ex, test_ex, report,
                  built["train"], built["val"], built.get("test"), train_loader, val_loader, speed, checkpointing,
                  world, strategy, preset)
+
+
+def auto_recipe(cfg: Config, report: dict, modality: str, train_ex, task, log) -> tuple[Config, dict]:
+    """preset: auto's recipe; with probe.enabled, its strategy measured first on a split of train (probe.py)."""
+    probe = None
+    if cfg.probe.enabled:
+        cfg, probe = probe_strategy(train, cfg, report, modality, train_ex, task.metric_mode, log)
+    chosen = bool(probe and probe.get("chosen"))
+    cfg, preset = apply_preset(cfg, report, modality, train_ex, log,
+                               "chosen by the probe" if chosen else "set in the recipe")
+    return cfg, {**preset, "probe": probe} if probe else preset
 
 
 def use_speed_features(bundle, cfg: Config, log) -> dict:

@@ -87,6 +87,9 @@ def check_supported(cfg, strategy: str, world: World) -> None:
     if tc.lr == "auto":
         raise ConfigError(f"train.lr: auto runs the LR range test, which needs one process; run `tuneforge lr-find` "
                           f"first and set train.lr, then launch the {n} processes")
+    if cfg.probe.enabled:
+        raise ConfigError(f"probe.enabled (the strategy probe) trains its candidates in one process; run it once on "
+                          f"one process, then set the strategy it chose in the recipe for the {n} processes")
     if tc.time_budget:
         raise ConfigError(f"train.time_budget is not supported on {n} processes yet (each process would time its "
                           "own steps and could stop at another one); set train.max_steps or train.epochs instead")
