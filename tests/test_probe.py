@@ -94,3 +94,14 @@ def test_probe_is_refused_on_several_processes(text_recipe):
 
     with pytest.raises(ConfigError, match="trains its candidates in one process"):
         check_supported(load_config(probed(text_recipe)), "ddp", World(0, 2, 0, 2))
+
+
+def test_images_compare_a_linear_probe_and_fine_tune_within_the_time_budget(image_recipe, tmp_path):
+    recipe = image_recipe(train={"max_steps": None, "epochs": 2, "time_budget": 60}, eval={"every_steps": None})
+    recipe.update(preset="auto", probe={"enabled": True, "budget_share": 0.1})
+    r = tuneforge.train(recipe, output=str(tmp_path / "run"), quiet=True)
+    probe = r.summary["preset"]["probe"]
+    assert probe["seconds_each"] == pytest.approx(3.0)  # 10 % of 60 s, split between 2 candidates
+    assert [c["strategy"] for c in probe["candidates"]] == ["linear_probe", "fine_tune"]
+    assert all(c["value"] is not None for c in probe["candidates"]), probe
+    assert r.summary["preset"]["strategy"] == probe["chosen"]
