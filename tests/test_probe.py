@@ -1,6 +1,7 @@
 """preset: auto's strategy probe (probe.py): candidates measured on a split of train, never on validation."""
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -105,3 +106,21 @@ def test_images_compare_a_linear_probe_and_fine_tune_within_the_time_budget(imag
     assert [c["strategy"] for c in probe["candidates"]] == ["linear_probe", "fine_tune"]
     assert all(c["value"] is not None for c in probe["candidates"]), probe
     assert r.summary["preset"]["strategy"] == probe["chosen"]
+
+
+def test_a_probe_that_agrees_with_the_rules_leaves_the_run_as_it_was(image_recipe, tmp_path, monkeypatch):
+    """The candidates draw from the RNGs; the final run is reseeded, so a probe that picks the rules' strategy
+    (a linear probe for tiny image data) gives the run preset: auto gives without it: the same new head."""
+    import tuneforge.probe
+
+    monkeypatch.setattr(tuneforge.probe, "best", lambda rows, mode: rows[0])  # linear_probe, whatever it scored
+    recipe = image_recipe(train={"max_steps": None, "epochs": 2}, eval={"every_steps": None})
+    recipe.update(preset="auto", probe={"enabled": True, "seconds": 2})
+    probe_run = tuneforge.train(recipe, output=str(tmp_path / "probe"), quiet=True)
+    assert probe_run.summary["preset"]["probe"]["chosen"] == "linear_probe"
+    recipe["probe"]["enabled"] = False
+    plain = tuneforge.train(recipe, output=str(tmp_path / "plain"), quiet=True)
+    assert plain.summary["preset"]["strategy"] == "linear_probe"
+    history = lambda run: [(r["step"], r.get("train_loss"), r.get("metrics")) for r in map(  # noqa: E731
+        json.loads, (run.run_dir / "metrics.jsonl").read_text().splitlines())]
+    assert history(probe_run) == history(plain)

@@ -244,6 +244,7 @@ def auto_recipe(cfg: Config, report: dict, modality: str, train_ex, task, log) -
     probe = None
     if cfg.probe.enabled:
         cfg, probe = probe_strategy(train, cfg, report, modality, train_ex, task.metric_mode, log)
+        seed_everything(cfg.train.seed)  # the probe's runs drew from the RNGs: the run starts as it would without
     chosen = bool(probe and probe.get("chosen"))
     cfg, preset = apply_preset(cfg, report, modality, train_ex, log,
                                "chosen by the probe" if chosen else "set in the recipe")
