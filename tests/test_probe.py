@@ -124,3 +124,16 @@ def test_a_probe_that_agrees_with_the_rules_leaves_the_run_as_it_was(image_recip
     history = lambda run: [(r["step"], r.get("train_loss"), r.get("metrics")) for r in map(  # noqa: E731
         json.loads, (run.run_dir / "metrics.jsonl").read_text().splitlines())]
     assert history(probe_run) == history(plain)
+
+
+def test_the_rules_choice_stands_while_its_curve_was_still_rising():
+    from tuneforge.probe import decide
+
+    rows = [{"strategy": "linear_probe", "value": 0.93, "metric": "accuracy", "epochs": 10.0, "unfinished": False},
+            {"strategy": "fine_tune", "value": 0.78, "metric": "accuracy", "epochs": 1.55, "unfinished": True}]
+    chosen, why = decide(rows, "max", "fine_tune")
+    assert chosen["strategy"] == "fine_tune" and "still rising" in why
+    rows[1]["unfinished"] = False  # it ran its course and lost
+    assert decide(rows, "max", "fine_tune")[0]["strategy"] == "linear_probe"
+    rows[1]["unfinished"] = True  # unfinished but not the rules' choice: the scores decide
+    assert decide(rows, "max", "linear_probe")[0]["strategy"] == "linear_probe"

@@ -4,13 +4,17 @@ on part of the training split and is scored on a held-out part of the training s
 that picks and reports the final model. The best one is then trained on all the data, as if the recipe had set its
 strategy keys.
 
-The probe favours what learns fast: a candidate gets the same seconds as the others, not the final run's. With
-`train.time_budget`, that is the question a budget asks; without one, `probe.seconds` sets each candidate's time."""
+A candidate gets the same seconds as the others (`probe.seconds`, or a share of `train.time_budget`), far fewer than
+the final run, so a short probe favours what learns fast. Hence one exception to "the best held-out score wins": when
+the rules' own choice ran out of time while its score was still rising, another candidate's higher score does not
+show that it is worse, and the rules' choice stands (`decide`)."""
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
+from pathlib import Path
 from typing import Optional
 
 from tuneforge.config import apply_overrides, explicit_keys, validate
@@ -41,12 +45,13 @@ def skip_reason(cfg, modality: str) -> Optional[str]:
     return None
 
 
-def candidates(cfg, report: dict, modality: str, train_ex: Examples) -> list[str]:
-    """CANDIDATES for the modality, plus the rules' own choice where it is another (LoRA for a large model)."""
+def candidates(cfg, report: dict, modality: str, train_ex: Examples) -> tuple[list[str], str]:
+    """→ (CANDIDATES for the modality, plus the rules' own choice where it is another (LoRA for a large model);
+    the rules' choice)."""
     facts = data_facts(cfg, report, modality, train_ex, model_facts(cfg.model), durations=False)
     ruled, _ = choose_strategy(facts, size_class(facts.rows))
     names = list(CANDIDATES[modality])
-    return names + [ruled] if ruled not in names else names
+    return (names + [ruled] if ruled not in names else names), ruled
 
 
 def probe_splits(cfg, train_ex: Examples) -> tuple[Examples, Examples]:
@@ -73,8 +78,31 @@ def run_candidate(train, cfg, strategy: str, seconds: float, examples, folder: s
     except TuneforgeError as e:
         return {"strategy": strategy, "value": None, "error": str(e), "seconds": round(time.perf_counter() - t0, 1)}
     s = result.summary
-    return {"strategy": strategy, "value": s["eval"][s["metric"]], "metric": s["metric"],
-            "epochs": s["epochs"], "seconds": round(time.perf_counter() - t0, 1)}
+    return {"strategy": strategy, "value": s["eval"][s["metric"]], "metric": s["metric"], "epochs": s["epochs"],
+            "seconds": round(time.perf_counter() - t0, 1), "unfinished": unfinished(s, result.run_dir)}
+
+
+def unfinished(summary: dict, run_dir) -> bool:
+    """Cut short by its seconds (the budget's horizon below the planned steps) while its held-out metric still
+    rose at its last evaluation: such a curve has not shown where it ends."""
+    phases = (summary.get("time_budget") or {}).get("phases") or [{}]
+    last = phases[-1]
+    cut = "stopped_at_step" in last or last.get("horizon_steps", last.get("cap", 0)) < last.get("cap", 0)
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    evals = [json.loads(x)["step"] for x in lines if '"metrics"' in x]
+    return bool(cut and evals and summary["best_step"] == evals[-1])
+
+
+def decide(rows: list[dict], mode: str, ruled: str) -> tuple[Optional[dict], str]:
+    """→ (the chosen row, why). The best held-out score wins, except over the rules' own choice when that one was
+    unfinished (see `unfinished`): a curve cut off while rising is not shown to be worse, so the rules stand."""
+    winner = best(rows, mode)
+    own = next((r for r in rows if r["strategy"] == ruled and r["value"] is not None), None)
+    if winner is not None and own is not None and winner is not own and own.get("unfinished"):
+        return own, (f"the rules' choice: its time ran out while its held-out {own['metric']} was still rising "
+                     f"({own['value']:.4f} after {own['epochs']:.2f} epochs), so {winner['strategy']}'s "
+                     f"{winner['value']:.4f} does not show it is worse")
+    return winner, f"the best held-out {winner['metric']}" if winner else ""
 
 
 def best(rows: list[dict], mode: str) -> Optional[dict]:
@@ -93,7 +121,7 @@ def probe_strategy(train, cfg, report: dict, modality: str, train_ex: Examples, 
     if why:
         log(f"probe: skipped ({why}); the preset's rules choose the strategy")
         return cfg, {"skipped": why}
-    names = candidates(cfg, report, modality, train_ex)
+    names, ruled = candidates(cfg, report, modality, train_ex)
     fit, held = probe_splits(cfg, train_ex)
     seconds = seconds_each(cfg, len(names))
     log(f"probe: {', '.join(names)}, {seconds:.0f} s each on {len(fit)} train rows, scored on {len(held)} other "
@@ -106,14 +134,16 @@ def probe_strategy(train, cfg, report: dict, modality: str, train_ex: Examples, 
             r = rows[-1]
             shown = f"{r['metric']} {r['value']:.4f} after {r['epochs']:.2f} epochs" if r["value"] is not None \
                 else f"failed: {r['error']}"
-            log(f"probe: {name}: {shown} ({r['seconds']:.0f} s)")
+            cut = ", cut short while still rising" if r.get("unfinished") else ""
+            log(f"probe: {name}: {shown} ({r['seconds']:.0f} s{cut})")
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # the probe's own scratch runs, never the user's folders
-    record = {"candidates": rows, "fit_rows": len(fit), "held_out_rows": len(held), "seconds_each": seconds}
-    winner = best(rows, metric_mode(next((r["metric"] for r in rows if r.get("metric")), "loss")))
+    record = {"candidates": rows, "rules_choice": ruled, "fit_rows": len(fit), "held_out_rows": len(held),
+              "seconds_each": seconds}
+    winner, why = decide(rows, metric_mode(next((r["metric"] for r in rows if r.get("metric")), "loss")), ruled)
     if winner is None:
         log("probe: every candidate failed; the preset's rules choose the strategy")
         return cfg, {**record, "chosen": None}
-    log(f"probe: chose {winner['strategy']} (the best held-out {winner['metric']})")
+    log(f"probe: chose {winner['strategy']} ({why})")
     raw = apply_overrides(cfg.model_dump(mode="json", exclude_unset=True), strategy_keys(winner["strategy"]))
-    return validate(raw, "probe"), {**record, "chosen": winner["strategy"]}
+    return validate(raw, "probe"), {**record, "chosen": winner["strategy"], "why": why}
