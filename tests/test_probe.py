@@ -137,3 +137,13 @@ def test_the_rules_choice_stands_while_its_curve_was_still_rising():
     assert decide(rows, "max", "fine_tune")[0]["strategy"] == "linear_probe"
     rows[1]["unfinished"] = True  # unfinished but not the rules' choice: the scores decide
     assert decide(rows, "max", "linear_probe")[0]["strategy"] == "linear_probe"
+
+
+def test_cut_short_reads_the_time_budget_record_of_the_last_phase():
+    from tuneforge.probe import cut_short
+
+    budget = lambda *phases: {"time_budget": {"phases": list(phases)}}  # noqa: E731
+    assert cut_short(budget({"cap": 50, "horizon_steps": 20}))  # the clock fit fewer steps than planned
+    assert cut_short(budget({"cap": 50}, {"cap": 90, "stopped_at_step": 70}))  # stopped by the clock
+    assert not cut_short(budget({"cap": 50, "horizon_steps": 50}))  # ran its planned steps
+    assert not cut_short({"time_budget": None})

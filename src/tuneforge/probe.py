@@ -10,23 +10,23 @@ the rules' own choice ran out of time while its score was still rising, another 
 show that it is worse, and the rules' choice stands (`decide`)."""
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
-from pathlib import Path
 from typing import Optional
 
-from tuneforge.config import apply_overrides, explicit_keys, validate
+from tuneforge.config import TrainConfig, apply_overrides, explicit_keys, validate
 from tuneforge.data.examples import Examples, sample, split
+from tuneforge.engine.callbacks import Callback
 from tuneforge.errors import TuneforgeError
-from tuneforge.presets import STRATEGY_KEYS, choose_strategy, data_facts, model_facts, size_class, strategy_choices
+from tuneforge.presets import (STRATEGY_KEYS, choose_strategy, data_facts, model_facts, recipe_strategy, size_class,
+                               strategy_choices)
 
 CANDIDATES = {"image": ("linear_probe", "fine_tune"),  # modality -> strategies, cheapest first
               "text": ("linear_probe", "full_fine_tune"),
               "audio": ("linear_probe", "full_fine_tune")}
 TASKS = ("classification", "multilabel", "regression", "token_classification")  # generative tasks: no head to probe
-NO_STRATEGY = {"train.freeze": None, "train.head_epochs": 0, "train.lora": None, "train.gradual_unfreeze": False}
+NO_STRATEGY = {key: TrainConfig.model_fields[key.split(".")[1]].default for key in STRATEGY_KEYS}  # plain fine-tuning
 HOLDOUT_MAX = 1_000  # held-out rows scored per candidate (more adds evaluation time, not much certainty)
 
 
@@ -40,7 +40,7 @@ def skip_reason(cfg, modality: str) -> Optional[str]:
         return f"task {cfg.task.type} has no strategies to compare"
     if modality not in CANDIDATES:
         return f"no candidates for {modality} data"
-    if explicit_keys(cfg) & set(STRATEGY_KEYS):
+    if recipe_strategy(cfg, explicit_keys(cfg)):
         return "the recipe sets the strategy itself"
     return None
 
@@ -72,30 +72,36 @@ def run_candidate(train, cfg, strategy: str, seconds: float, examples, folder: s
     raw = cfg.model_dump(mode="json", exclude_unset=True)
     raw = apply_overrides(raw, {**strategy_keys(strategy), "probe.enabled": False, "train.time_budget": seconds,
                                 "output.report": False, "output.loggers": ["jsonl"], "output.progress": False})
-    t0 = time.perf_counter()
+    t0, last_eval = time.perf_counter(), LastEvaluation()
     try:
-        result = train(raw, output=f"{folder}/{strategy}", quiet=True, examples=examples)
+        result = train(raw, output=f"{folder}/{strategy}", quiet=True, examples=examples, callbacks=(last_eval,))
     except TuneforgeError as e:
         return {"strategy": strategy, "value": None, "error": str(e), "seconds": round(time.perf_counter() - t0, 1)}
     s = result.summary
     return {"strategy": strategy, "value": s["eval"][s["metric"]], "metric": s["metric"], "epochs": s["epochs"],
-            "seconds": round(time.perf_counter() - t0, 1), "unfinished": unfinished(s, result.run_dir)}
+            "seconds": round(time.perf_counter() - t0, 1), "unfinished": last_eval.was_best and cut_short(s)}
 
 
-def unfinished(summary: dict, run_dir) -> bool:
-    """Cut short by its seconds (the budget's horizon below the planned steps) while its held-out metric still
-    rose at its last evaluation: such a curve has not shown where it ends."""
+class LastEvaluation(Callback):
+    """Whether a run's last evaluation was its best so far: the curve was still rising when it stopped."""
+
+    was_best = False
+
+    def on_eval_end(self, state, record) -> None:
+        self.was_best = state.is_best
+
+
+def cut_short(summary: dict) -> bool:
+    """The time budget ended the last phase before its planned steps (its horizon below them, or a stop). A curve cut
+    short while still rising (a candidate's `unfinished`) has not shown where it ends."""
     phases = (summary.get("time_budget") or {}).get("phases") or [{}]
     last = phases[-1]
-    cut = "stopped_at_step" in last or last.get("horizon_steps", last.get("cap", 0)) < last.get("cap", 0)
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    evals = [json.loads(x)["step"] for x in lines if '"metrics"' in x]
-    return bool(cut and evals and summary["best_step"] == evals[-1])
+    return "stopped_at_step" in last or last.get("horizon_steps", last.get("cap", 0)) < last.get("cap", 0)
 
 
 def decide(rows: list[dict], mode: str, ruled: str) -> tuple[Optional[dict], str]:
     """→ (the chosen row, why). The best held-out score wins, except over the rules' own choice when that one was
-    unfinished (see `unfinished`): a curve cut off while rising is not shown to be worse, so the rules stand."""
+    unfinished (cut short while still rising): such a curve is not shown to be worse, so the rules stand."""
     winner = best(rows, mode)
     own = next((r for r in rows if r["strategy"] == ruled and r["value"] is not None), None)
     if winner is not None and own is not None and winner is not own and own.get("unfinished"):
